@@ -1,0 +1,171 @@
+package config
+
+import (
+	"errors"
+	"maps"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is where an init looks for its config unless told otherwise.
+const DefaultPath = "/etc/nest/nest.toml"
+
+// BuiltIn is the Source of the config returned by Default.
+const BuiltIn = "built-in"
+
+// What runs on /dev/console (Config.Console).
+const (
+	ConsoleShell = "shell" // a root shell
+	ConsoleNone  = "none"  // nothing
+)
+
+// ConsoleUnit is the name of the unit that runs the console shell; no
+// service may take it while console = "shell".
+const ConsoleUnit = "console"
+
+// Restart says what the supervisor does when a service exits on its own.
+type Restart string
+
+const (
+	RestartAlways    Restart = "always"     // restart after any exit
+	RestartOnFailure Restart = "on-failure" // restart after a non-zero exit or a signal
+	RestartNo        Restart = "no"         // never restart
+)
+
+// Limits and defaults of Service.StopTimeout.
+const (
+	DefaultStopTimeout = 10 * time.Second
+	MaxStopTimeout     = time.Hour
+)
+
+// Limits and defaults of Service.StartLimit.
+const (
+	DefaultStartLimit = 10
+	MaxStartLimit     = 1000
+)
+
+// Config is the validated spec of the container an init runs.
+type Config struct {
+	Source   string // file path it came from, or BuiltIn
+	Hostname string // "" keeps the current hostname
+	Modules  []string
+	Console  string // ConsoleShell or ConsoleNone
+	Mounts   []Mount
+	Services []Service
+}
+
+// Mount is a filesystem mounted at boot. Mounts are mounted in order and
+// unmounted in reverse order at shutdown.
+type Mount struct {
+	Source  string
+	Target  string   // absolute, clean
+	Type    string   // filesystem type, as mount(2) takes it
+	Options []string // one option per element: flags ("ro", "nosuid") or fs data ("data=ordered")
+}
+
+// Service is a process of this container, kept running by the supervisor.
+type Service struct {
+	Name        string            // [a-z0-9][a-z0-9-]{0,31}, unique among services
+	Exec        []string          // argv; Exec[0] is an absolute path
+	Env         map[string]string // added to the environment
+	Dir         string            // working directory, absolute; "" keeps the init's
+	Restart     Restart
+	After       []string // names of services started (and ready) before this one
+	Notify      bool     // ready when it sends READY=1 on $NOTIFY_SOCKET
+	StopTimeout time.Duration
+	// StartLimit is how many consecutive failed runs (each shorter than
+	// the supervisor's healthy run) mark the service failed instead of
+	// restarting it again.
+	StartLimit int
+}
+
+// Load reads and parses the config file at path. A missing file returns an
+// error for which errors.Is(err, fs.ErrNotExist) is true.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and validates a config document. name is the Source of the
+// result and the FILE of every error. The error is an *Error, or an
+// errors.Join of up to maxErrors of them (sorted by position, each with its
+// own position).
+func Parse(name string, data []byte) (*Config, error) {
+	var tree map[string]any
+	if err := toml.Unmarshal(data, &tree); err != nil {
+		return nil, tomlError(name, err)
+	}
+	ix := newIndex(data)
+	d := &decoder{problems: problems{file: name, ix: ix}}
+	c := d.config(tree)
+	if len(d.list) > 0 {
+		return nil, d.err()
+	}
+	v := &problems{file: name, ix: ix}
+	c.validate(v)
+	if len(v.list) > 0 {
+		return nil, v.err()
+	}
+	return c, nil
+}
+
+// Default returns the built-in config, used when no config file exists.
+func Default() *Config {
+	return &Config{
+		Source:   BuiltIn,
+		Hostname: "nest",
+		Console:  ConsoleShell,
+	}
+}
+
+// Validate checks every rule that Parse checks on values. Errors have no
+// line and column (Parse adds them).
+func (c *Config) Validate() error {
+	v := &problems{file: c.Source}
+	c.validate(v)
+	return v.err()
+}
+
+// Service returns the service with the given name.
+func (c *Config) Service(name string) (*Service, bool) {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i], true
+		}
+	}
+	return nil, false
+}
+
+// Equal reports whether s and o describe the same service. nil and empty
+// slices and maps are equal; the order of Exec and After matters.
+func (s Service) Equal(o Service) bool {
+	return s.Name == o.Name &&
+		slices.Equal(s.Exec, o.Exec) &&
+		maps.Equal(s.Env, o.Env) &&
+		s.Dir == o.Dir &&
+		s.Restart == o.Restart &&
+		slices.Equal(s.After, o.After) &&
+		s.Notify == o.Notify &&
+		s.StopTimeout == o.StopTimeout &&
+		s.StartLimit == o.StartLimit
+}
+
+// tomlError turns an error of the TOML decoder into an *Error.
+func tomlError(file string, err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		line, col := de.Position()
+		msg := de.Error()
+		if len(msg) > 6 && msg[:6] == "toml: " {
+			msg = msg[6:]
+		}
+		return &Error{File: file, Line: line, Col: col, Msg: msg}
+	}
+	return &Error{File: file, Msg: err.Error()}
+}

@@ -1,0 +1,27 @@
+// Package config turns nest's TOML configuration (/etc/nest/nest.toml) into a
+// validated spec: a *Config that the rest of nest can use without checking it
+// again.
+//
+// What it owns:
+//   - the schema: which keys exist, their types, their defaults;
+//   - strictness: every key nest does not know is an error, as is every value
+//     of the wrong type or outside its allowed set;
+//   - positions: every error names its place as FILE:LINE:COLUMN (columns
+//     count bytes, as the Go compiler does) and says what is wrong and what
+//     is allowed, e.g.
+//     /etc/nest/nest.toml:7:11: service "web": restart = "sometimes": want "always", "on-failure" or "no"
+//   - the built-in demo config (Default) used when no file exists.
+//
+// What it never does: no I/O beyond reading the one file that Load is given,
+// and no side effects. It does not look at the running system (whether a
+// program in exec exists, whether a module can be loaded, whether a mount
+// source is there): the packages that act on the spec report those.
+//
+// How: the document is decoded by github.com/pelletier/go-toml/v2 (syntax,
+// duplicate keys, table redefinitions, all with positions), then walked
+// again with its position-preserving parser (go-toml/v2/unstable) to build an
+// index from key path to line and column. The decoded tree is then read into
+// the Config types by hand, so that type errors and unknown keys are reported
+// in nest's own words, and Validate checks the values, looking up each
+// problem's place in the index.
+package config

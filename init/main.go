@@ -1,0 +1,95 @@
+// Command nest is an init (PID 1) that runs Linux as a hierarchy of
+// containers. One binary, several modes, decided at start:
+//
+//   - boot: PID 1 of the machine (the /init of an initramfs or init=): early
+//     mounts, modules, hostname, console, then the supervisor, and an
+//     orderly poweroff or reboot at the end;
+//   - up: `nest up` runs the same supervisor inside an existing container or
+//     host, as its PID 1 or as a subreaper, or as a container entrypoint
+//     (`nest up -- CMD`);
+//   - CLI: every other verb talks to the nearest init's control socket.
+//
+// Hidden internal modes (reboot-helper) are registered in one table and
+// checked before anything else.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+
+	"golang.org/x/sys/unix"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+// pid1Signals is every signal an init can receive and must therefore
+// handle: without a handler Go exits with status 2 on SIGTERM, SIGINT or
+// SIGHUP, which in PID 1 is a kernel panic. SIGKILL and SIGSTOP cannot be
+// caught; SIGURG is the Go runtime's own preemption signal; 32 and 33 are
+// reserved for the C library's threads.
+func pid1Signals() []os.Signal {
+	var sigs []os.Signal
+	for s := unix.Signal(1); s <= 64; s++ {
+		switch s {
+		case unix.SIGKILL, unix.SIGSTOP, unix.SIGURG, 32, 33:
+			continue
+		}
+		sigs = append(sigs, s)
+	}
+	return sigs
+}
+
+func main() {
+	// First thing, before any other work: a signal that arrives while PID 1
+	// is still starting must not kill it.
+	var sigs chan os.Signal
+	if os.Getpid() == 1 {
+		sigs = make(chan os.Signal, 128)
+		signal.Notify(sigs, pid1Signals()...)
+	}
+	os.Exit(run(os.Args, sigs))
+}
+
+// internal modes are exec'd by nest itself, never typed by people.
+var internal = map[string]func(args []string) int{
+	"reboot-helper": rebootHelper,
+}
+
+func run(args []string, sigs chan os.Signal) int {
+	if len(args) > 1 {
+		if f, ok := internal[args[1]]; ok {
+			return f(args[2:])
+		}
+	}
+	if os.Getpid() == 1 && (len(args) < 2 || args[1] != "up") {
+		boot(sigs) // never returns
+	}
+	if len(args) > 1 && args[1] == "up" {
+		return up(args[2:], sigs)
+	}
+	return cli(args[1:], os.Stdout, os.Stderr)
+}
+
+// rebootHelper calls reboot(2) in a process of its own: if the kernel
+// cannot power off it ends the calling process, which must not be PID 1.
+func rebootHelper(args []string) int {
+	cmds := map[string]int{
+		"poweroff": unix.LINUX_REBOOT_CMD_POWER_OFF,
+		"reboot":   unix.LINUX_REBOOT_CMD_RESTART,
+		"halt":     unix.LINUX_REBOOT_CMD_HALT,
+	}
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "nest reboot-helper: want poweroff, reboot or halt")
+		return 2
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "nest reboot-helper: unknown action %q\n", args[0])
+		return 2
+	}
+	err := unix.Reboot(cmd)
+	fmt.Fprintf(os.Stderr, "nest: reboot(%s): %v\n", args[0], err)
+	return 1
+}

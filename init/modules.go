@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/u-root/u-root/pkg/kmodule"
+	"golang.org/x/sys/unix"
+
+	"nest/config"
+	"nest/mounts"
+)
+
+// loadModules loads each named module with its dependencies from
+// /lib/modules/$(uname -r)/modules.dep. u-root's kmodule reads plain .ko as
+// well as .ko.xz, .ko.zst and .ko.gz (decompressed in Go, since Debian's
+// kernel cannot decompress modules itself). modules.softdep "pre:" entries,
+// which kmodule does not read, are loaded first (ext4 needs crc32c, which
+// nothing can request_module() before udev exists). A module that is
+// missing or fails is reported by name; boot goes on.
+func (b *booter) loadModules(names []string) {
+	if len(names) == 0 {
+		return
+	}
+	start := time.Now()
+	dir := moduleDir()
+	loaded, failed := 0, 0
+	defer func() {
+		if r := recover(); r != nil {
+			// A malformed modules.dep must not take PID 1 down.
+			b.logf("modules: internal error reading %s: %v", dir, r)
+		}
+	}()
+	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
+	if err != nil {
+		b.logf("modules: %v: cannot load %s", err, strings.Join(names, ", "))
+		return
+	}
+	soft := readSoftdeps(dir)
+	aliases := readAliases(dir)
+	for _, name := range names {
+		for _, pre := range soft[normalModule(name)] {
+			// Any module providing the alias will do (crc32c_intel needs
+			// SSE4.2, crc32c_generic works everywhere).
+			for _, cand := range aliases.resolve(pre) {
+				if prober.Probe(cand, "") == nil {
+					break
+				}
+			}
+		}
+		if err := prober.Probe(name, ""); err != nil {
+			b.logf("module %s: %v", name, err)
+			failed++
+			continue
+		}
+		loaded++
+	}
+	b.debugf("modules: %d loaded, %d failed in %s", loaded, failed, time.Since(start).Round(time.Millisecond))
+}
+
+func moduleDir() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "/lib/modules"
+	}
+	return filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
+}
+
+// normalModule spells a module name the way the kernel does ('-' is '_').
+func normalModule(name string) string { return strings.ReplaceAll(name, "-", "_") }
+
+// readSoftdeps reads "softdep MOD pre: A B post: C" lines; only pre matters.
+func readSoftdeps(dir string) map[string][]string {
+	out := make(map[string][]string)
+	f, err := os.Open(filepath.Join(dir, "modules.softdep"))
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 || fields[0] != "softdep" {
+			continue
+		}
+		mod := normalModule(fields[1])
+		inPre := false
+		for _, w := range fields[2:] {
+			switch w {
+			case "pre:":
+				inPre = true
+			case "post:":
+				inPre = false
+			default:
+				if inPre {
+					out[mod] = append(out[mod], w)
+				}
+			}
+		}
+	}
+	return out
+}
+
+type aliasMap map[string][]string
+
+// readAliases reads the plain "alias NAME MODULE" lines of modules.alias
+// (no wildcards: those are for device ids).
+func readAliases(dir string) aliasMap {
+	out := make(aliasMap)
+	f, err := os.Open(filepath.Join(dir, "modules.alias"))
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) != 3 || fields[0] != "alias" || strings.ContainsAny(fields[1], "*?[:") {
+			continue
+		}
+		out[fields[1]] = append(out[fields[1]], fields[2])
+	}
+	return out
+}
+
+// resolve returns the modules that may provide name: the aliases' modules,
+// then name itself.
+func (a aliasMap) resolve(name string) []string {
+	return append(append([]string(nil), a[name]...), name)
+}
+
+// mountConfigured mounts the config's [[mount]] entries in order. A block
+// device may appear a moment after its driver loads, so nest waits for it.
+func (b *booter) mountConfigured(list []config.Mount) {
+	for _, m := range list {
+		if strings.HasPrefix(m.Source, "/dev/") {
+			waitForPath(m.Source, 10*time.Second)
+		}
+		flags, data := mounts.ParseOptions(m.Options)
+		mt := mounts.Mount{Source: m.Source, Target: m.Target, Type: m.Type, Flags: flags, Data: data, Mode: 0o755}
+		if _, err := mt.Do(); err != nil {
+			b.logf("%v", err)
+			continue
+		}
+		b.logf("mounted %s on %s", m.Source, m.Target)
+	}
+}
+
+func waitForPath(path string, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,245 @@
+package supervise
+
+import (
+	"fmt"
+	"runtime/debug"
+	"sort"
+	"sync"
+)
+
+// DefaultPath is the PATH every unit starts with (the kernel gives init none).
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Options is what the supervisor may use of the machine.
+type Options struct {
+	Reaper *Reaper
+	// Logf prints one status line (started, ready, failed, stopped) to the
+	// console or the caller's log.
+	Logf func(format string, args ...any)
+	// LogDir holds NAME.log for every unit ("" keeps logs in memory only).
+	LogDir string
+	// RunDir holds runtime files: notify sockets (RunDir/notify/NAME).
+	RunDir string
+	// Cgroups is the cgroup v2 directory under which each unit gets its own
+	// cgroup ("" when there is no usable cgroup v2: pidfds only).
+	Cgroups string
+}
+
+// Supervisor runs a set of units.
+type Supervisor struct {
+	opts Options
+
+	mu       sync.Mutex
+	units    map[string]*Unit
+	order    []string // names in config order
+	change   chan struct{}
+	stopping bool
+}
+
+// New returns a supervisor with no units.
+func New(opts Options) *Supervisor {
+	return &Supervisor{opts: opts, units: make(map[string]*Unit), change: make(chan struct{})}
+}
+
+// Changes returns a channel that is closed at the next state change of any
+// unit. Take it before reading the state it guards.
+func (s *Supervisor) Changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.change
+}
+
+func (s *Supervisor) changed() {
+	s.mu.Lock()
+	close(s.change)
+	s.change = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *Supervisor) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
+// dependencies reports whether every unit in after is up (running and
+// ready, or exited successfully); if not, which one is awaited, or which
+// one failed so that the dependent must not start.
+func (s *Supervisor) dependencies(after []string) (ok bool, waitFor, failed string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range after {
+		d := s.units[name]
+		if d == nil {
+			return false, "", name // validation prevents this; fail closed
+		}
+		state, _ := d.current()
+		switch state {
+		case StateRunning, StateExited:
+		case StateFailed:
+			return false, "", name
+		default:
+			return false, name, ""
+		}
+	}
+	return true, "", ""
+}
+
+// Apply makes the running set match specs: new units start, removed units
+// stop, changed units restart, unchanged ones are left alone. It returns
+// once removed and changed units are down; starts proceed in the
+// background, ordered by `after`.
+func (s *Supervisor) Apply(specs []Spec) {
+	want := make(map[string]Spec, len(specs))
+	for _, sp := range specs {
+		want[sp.Name] = sp
+	}
+
+	s.mu.Lock()
+	var down []<-chan struct{}
+	for name, u := range s.units {
+		sp, keep := want[name]
+		if keep && sameSpec(u.spec, sp) {
+			continue
+		}
+		down = append(down, u.send(opRemove))
+		delete(s.units, name)
+	}
+	s.mu.Unlock()
+	for _, d := range down {
+		<-d
+	}
+
+	s.mu.Lock()
+	s.order = s.order[:0]
+	var started []*Unit
+	for _, sp := range specs {
+		s.order = append(s.order, sp.Name)
+		if _, ok := s.units[sp.Name]; ok {
+			continue
+		}
+		u := newUnit(s, sp)
+		s.units[sp.Name] = u
+		started = append(started, u)
+	}
+	s.mu.Unlock()
+	for _, u := range started {
+		go u.run(true)
+	}
+	s.changed()
+}
+
+func sameSpec(a, b Spec) bool {
+	return a.TTY == b.TTY && a.Service.Equal(b.Service)
+}
+
+// Unit returns the unit called name.
+func (s *Supervisor) Unit(name string) (*Unit, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.units[name]
+	return u, ok
+}
+
+// Units returns every unit in config order.
+func (s *Supervisor) Units() []*Unit {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Unit, 0, len(s.units))
+	for _, name := range s.order {
+		if u, ok := s.units[name]; ok {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// Start, Stop and Restart act on one unit. Stop's channel is closed once
+// the unit is down.
+func (s *Supervisor) Start(u *Unit) { <-u.send(opStart) }
+
+// Stop asks u to stop and returns a channel closed when it is down.
+func (s *Supervisor) Stop(u *Unit) <-chan struct{} { return u.send(opStop) }
+
+// Restart stops u if it runs and starts it again without backoff.
+func (s *Supervisor) Restart(u *Unit) { <-u.send(opRestart) }
+
+// Shutdown stops every unit in reverse dependency order (a unit stops only
+// once every unit that runs after it is down; independent units stop in
+// parallel) and returns when all are down. No unit restarts afterwards.
+func (s *Supervisor) Shutdown() {
+	s.mu.Lock()
+	s.stopping = true
+	units := make(map[string]*Unit, len(s.units))
+	for name, u := range s.units {
+		units[name] = u
+	}
+	s.mu.Unlock()
+
+	downs := make(map[string]chan struct{}, len(units))
+	for name := range units {
+		downs[name] = make(chan struct{})
+	}
+	dependents := make(map[string][]string)
+	for name, u := range units {
+		for _, dep := range u.spec.After {
+			dependents[dep] = append(dependents[dep], name)
+		}
+	}
+	var wg sync.WaitGroup
+	for name, u := range units {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(downs[name])
+			defer s.recoverGoroutine("shutdown of " + name)
+			for _, d := range dependents[name] {
+				if ch, ok := downs[d]; ok {
+					<-ch
+				}
+			}
+			<-u.send(opStop)
+		}()
+	}
+	wg.Wait()
+}
+
+// Names returns the unit names, sorted.
+func (s *Supervisor) Names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.units))
+	for n := range s.units {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// recoverUnit keeps a panic in one unit's goroutine from ending the init:
+// the unit is marked failed and everything else goes on.
+func (s *Supervisor) recoverUnit(u *Unit) {
+	if r := recover(); r != nil {
+		if s.opts.Logf != nil {
+			s.opts.Logf("%s: internal error: %v\n%s", u.spec.Name, r, debug.Stack())
+		}
+		u.set(StateFailed, fmt.Sprintf("internal error: %v", r))
+	}
+}
+
+func (s *Supervisor) recoverGoroutine(what string) {
+	if r := recover(); r != nil && s.opts.Logf != nil {
+		s.opts.Logf("%s: internal error: %v\n%s", what, r, debug.Stack())
+	}
+}
+
+// StartAll ends a Shutdown and starts every unit again (a reboot of a
+// container whose init may not reboot the machine).
+func (s *Supervisor) StartAll() {
+	s.mu.Lock()
+	s.stopping = false
+	s.mu.Unlock()
+	for _, u := range s.Units() {
+		s.Start(u)
+	}
+}

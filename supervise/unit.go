@@ -1,0 +1,542 @@
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"nest/config"
+)
+
+// State is where a unit is in its life.
+type State string
+
+// The states a unit moves through.
+const (
+	StateWaiting    State = "waiting"    // for a dependency named in `after`
+	StateStarting   State = "starting"   // started; a notify unit has not sent READY=1 yet
+	StateRunning    State = "running"    // started (and ready, for a notify unit)
+	StateRestarting State = "restarting" // exited; waiting out the backoff before the next start
+	StateStopping   State = "stopping"   // asked to stop; waiting for it to exit
+	StateStopped    State = "stopped"    // stopped on request, or not started
+	StateExited     State = "exited"     // exited with status 0 and is not restarted
+	StateFailed     State = "failed"     // gave up: see the reason
+)
+
+// Restart tuning: the first restart waits BackoffMin, each consecutive
+// failure doubles it up to BackoffMax, and a run that lasted HealthyRun
+// resets the count. DefaultStartLimit consecutive failures mark the unit
+// failed.
+const (
+	BackoffMin        = 100 * time.Millisecond
+	BackoffMax        = 30 * time.Second
+	HealthyRun        = 10 * time.Second
+	DefaultStartLimit = 10
+)
+
+// Backoff returns the delay before restart number n (1-based) of a run of
+// consecutive failures.
+func Backoff(n int) time.Duration {
+	d := BackoffMin
+	for i := 1; i < n && d < BackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, BackoffMax)
+}
+
+// Spec is what the supervisor runs for one unit: a service from the config
+// and, for the console shell, the terminal it owns.
+type Spec struct {
+	config.Service
+	// TTY, when set, is the terminal the unit runs on as its controlling
+	// tty (stdin, stdout and stderr); its output is not captured.
+	TTY string
+}
+
+type op int
+
+const (
+	opStart op = iota
+	opStop
+	opRestart
+	opRemove
+)
+
+type command struct {
+	op   op
+	done chan struct{} // closed when the unit is down (stop, remove)
+}
+
+// Unit is one supervised service. One goroutine (run) owns its process and
+// state machine; other goroutines send it commands and read its status.
+type Unit struct {
+	sup  *Supervisor
+	spec Spec
+	log  *Log
+	cmds chan command
+	done chan struct{} // closed when run returns (the unit was removed)
+
+	mu       sync.Mutex
+	state    State
+	reason   string
+	pid      int
+	since    time.Time
+	restarts int
+	lastExit *ExitStatus
+	status   string // STATUS= from sd_notify
+}
+
+func newUnit(s *Supervisor, spec Spec) *Unit {
+	logPath := ""
+	if s.opts.LogDir != "" && spec.TTY == "" {
+		logPath = filepath.Join(s.opts.LogDir, spec.Name+".log")
+	}
+	return &Unit{
+		sup:   s,
+		spec:  spec,
+		log:   NewLog(logPath),
+		cmds:  make(chan command),
+		done:  make(chan struct{}),
+		state: StateStopped,
+		since: time.Now(),
+	}
+}
+
+// Name is the unit's name from the config.
+func (u *Unit) Name() string { return u.spec.Name }
+
+// Log is the unit's output.
+func (u *Unit) Log() *Log { return u.log }
+
+func (u *Unit) set(st State, reason string) {
+	u.mu.Lock()
+	changed := u.state != st || u.reason != reason
+	u.state, u.reason = st, reason
+	if changed {
+		u.since = time.Now()
+	}
+	u.mu.Unlock()
+	if changed {
+		u.sup.changed()
+	}
+}
+
+func (u *Unit) current() (State, string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.state, u.reason
+}
+
+// send delivers a command unless the unit has already been removed.
+func (u *Unit) send(o op) <-chan struct{} {
+	c := command{op: o, done: make(chan struct{})}
+	select {
+	case u.cmds <- c:
+	case <-u.done:
+		close(c.done)
+	}
+	return c.done
+}
+
+// run is the unit's state machine. It returns after opRemove.
+func (u *Unit) run(want bool) {
+	defer close(u.done)
+	defer u.sup.recoverUnit(u)
+
+	var (
+		proc       *Process
+		procStart  time.Time
+		exitC      <-chan ExitStatus
+		notes      *notifySocket
+		noteC      <-chan notifyMessage
+		cg         *cgroup
+		backoffC   <-chan time.Time
+		killC      <-chan time.Time
+		depsC      <-chan struct{}
+		failures   int
+		restartReq bool            // start again once the current process is down
+		waiters    []chan struct{} // closed once the unit is down
+		startAcks  []chan struct{} // closed once a requested start was attempted
+		removing   bool
+	)
+	down := func() {
+		for _, w := range waiters {
+			close(w)
+		}
+		waiters = nil
+	}
+	stop := func() {
+		want = false
+		backoffC, depsC = nil, nil
+		if proc == nil {
+			u.set(StateStopped, "")
+			down()
+			return
+		}
+		if killC == nil {
+			u.set(StateStopping, "")
+			proc.Signal(unix.SIGTERM)
+			proc.Signal(unix.SIGCONT)
+			killC = time.After(u.spec.StopTimeout)
+		}
+	}
+
+	for {
+		if removing && proc == nil {
+			down()
+			for _, a := range startAcks {
+				close(a)
+			}
+			return
+		}
+		if want && proc == nil && backoffC == nil && depsC == nil {
+			changed := u.sup.Changes()
+			ok, waitFor, failedDep := u.sup.dependencies(u.spec.After)
+			switch {
+			case failedDep != "":
+				want = false
+				u.set(StateFailed, fmt.Sprintf("dependency %s failed", failedDep))
+			case !ok:
+				depsC = changed
+				u.set(StateWaiting, "waiting for "+waitFor)
+			default:
+				var err error
+				proc, notes, cg, err = u.spawn()
+				if err != nil {
+					u.logf("%s: failed to start: %v", u.spec.Name, err)
+					proc = nil
+					failures++
+					if failures >= u.startLimit() {
+						want = false
+						u.set(StateFailed, err.Error())
+					} else {
+						u.set(StateRestarting, err.Error())
+						backoffC = time.After(Backoff(failures))
+					}
+					continue
+				}
+				procStart = time.Now()
+				exitC = proc.Done()
+				noteC = nil
+				if notes != nil {
+					noteC = notes.messages
+				}
+				u.mu.Lock()
+				u.pid, u.status = proc.Pid, ""
+				u.mu.Unlock()
+				if u.spec.Notify {
+					u.set(StateStarting, "")
+					u.logf("%s: started (pid %d), waiting for READY=1", u.spec.Name, proc.Pid)
+				} else {
+					u.set(StateRunning, "")
+					u.logf("%s: started (pid %d)", u.spec.Name, proc.Pid)
+				}
+			}
+		}
+
+		// Acknowledge start and restart only now, so that whoever asked
+		// sees the outcome of the attempt, not the state before it.
+		if !restartReq {
+			for _, a := range startAcks {
+				close(a)
+			}
+			startAcks = nil
+		}
+
+		select {
+		case c := <-u.cmds:
+			switch c.op {
+			case opStart:
+				if proc == nil {
+					want, failures, backoffC, depsC = true, 0, nil, nil
+				}
+				startAcks = append(startAcks, c.done)
+			case opStop:
+				waiters = append(waiters, c.done)
+				stop()
+			case opRestart:
+				if proc != nil {
+					restartReq = true
+					stop()
+				} else {
+					want, failures, backoffC, depsC = true, 0, nil, nil
+				}
+				startAcks = append(startAcks, c.done)
+			case opRemove:
+				removing = true
+				waiters = append(waiters, c.done)
+				stop()
+			}
+
+		case st := <-exitC:
+			lived := time.Since(procStart)
+			proc.Close()
+			proc, exitC, killC = nil, nil, nil
+			if notes != nil {
+				notes.Close()
+				notes, noteC = nil, nil
+			}
+			if cg != nil {
+				cg.Remove() // kills what the main process left behind
+				cg = nil
+			}
+			u.mu.Lock()
+			u.pid, u.lastExit = 0, &st
+			u.mu.Unlock()
+
+			if state, _ := u.current(); state == StateStopping || u.sup.shuttingDown() {
+				u.logf("%s: stopped (%s)", u.spec.Name, st)
+				u.set(StateStopped, "")
+				down()
+				if restartReq && !removing && !u.sup.shuttingDown() {
+					want, failures = true, 0
+				}
+				restartReq = false
+				continue
+			}
+			restart := u.spec.Restart == config.RestartAlways ||
+				(u.spec.Restart == config.RestartOnFailure && !st.Success())
+			if !restart {
+				want = false
+				if st.Success() {
+					u.logf("%s: exited (%s)", u.spec.Name, st)
+					u.set(StateExited, st.String())
+				} else {
+					u.logf("%s: failed (%s)", u.spec.Name, st)
+					u.set(StateFailed, st.String())
+				}
+				continue
+			}
+			if lived >= HealthyRun {
+				failures = 0
+			}
+			failures++
+			if failures >= u.startLimit() {
+				want = false
+				u.logf("%s: failed (%s), %d times in a row: giving up", u.spec.Name, st, failures)
+				u.set(StateFailed, fmt.Sprintf("%s, %d times in a row", st, failures))
+				continue
+			}
+			delay := Backoff(failures)
+			u.logf("%s: %s, restarting in %s", u.spec.Name, st, delay)
+			u.mu.Lock()
+			u.restarts++
+			u.mu.Unlock()
+			u.set(StateRestarting, st.String())
+			backoffC = time.After(delay)
+
+		case m, ok := <-noteC:
+			if !ok {
+				noteC = nil
+				continue
+			}
+			if m.status != "" {
+				u.mu.Lock()
+				u.status = m.status
+				u.mu.Unlock()
+				u.sup.changed()
+			}
+			if m.ready {
+				if state, _ := u.current(); state == StateStarting {
+					u.logf("%s: ready", u.spec.Name)
+					u.set(StateRunning, "")
+				}
+			}
+
+		case <-backoffC:
+			backoffC = nil
+
+		case <-depsC:
+			depsC = nil
+
+		case <-killC:
+			killC = nil
+			u.logf("%s: did not stop within %s, killing", u.spec.Name, u.spec.StopTimeout)
+			proc.Signal(unix.SIGKILL)
+			if cg != nil {
+				cg.Kill()
+			}
+		}
+	}
+}
+
+func (u *Unit) startLimit() int {
+	if u.spec.StartLimit > 0 {
+		return u.spec.StartLimit
+	}
+	return DefaultStartLimit
+}
+
+func (u *Unit) logf(format string, args ...any) {
+	if u.sup.opts.Logf != nil {
+		u.sup.opts.Logf(format, args...)
+	}
+}
+
+// spawn starts one run of the unit's process.
+func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
+	s := u.spec
+	env := []string{"PATH=" + DefaultPath, "HOME=/root"}
+	if s.TTY != "" {
+		if term := os.Getenv("TERM"); term != "" {
+			env = append(env, "TERM="+term)
+		} else {
+			env = append(env, "TERM=linux")
+		}
+	}
+	for k, v := range s.Env {
+		env = append(env, k+"="+v)
+	}
+
+	var notes *notifySocket
+	if s.Notify {
+		var err error
+		notes, err = listenNotify(filepath.Join(u.sup.opts.RunDir, "notify", s.Name))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		env = append(env, "NOTIFY_SOCKET="+notes.path)
+	}
+	fail := func(err error) (*Process, *notifySocket, *cgroup, error) {
+		if notes != nil {
+			notes.Close()
+		}
+		return nil, nil, nil, err
+	}
+
+	sys := &syscall.SysProcAttr{Setsid: true}
+	var files []uintptr
+	var closeAfter []*os.File
+	defer func() {
+		for _, f := range closeAfter {
+			f.Close()
+		}
+	}()
+	var logR *os.File
+	if s.TTY != "" {
+		tty, err := os.OpenFile(s.TTY, os.O_RDWR|unix.O_NOCTTY, 0)
+		if err != nil {
+			return fail(fmt.Errorf("open %s: %w", s.TTY, err))
+		}
+		closeAfter = append(closeAfter, tty)
+		files = []uintptr{tty.Fd(), tty.Fd(), tty.Fd()}
+		sys.Setctty, sys.Ctty = true, 0
+	} else {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return fail(fmt.Errorf("open %s: %w", os.DevNull, err))
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			null.Close()
+			return fail(fmt.Errorf("log pipe: %w", err))
+		}
+		closeAfter = append(closeAfter, null, w)
+		logR = r
+		files = []uintptr{null.Fd(), w.Fd(), w.Fd()}
+	}
+
+	var cg *cgroup
+	if u.sup.opts.Cgroups != "" {
+		var err error
+		cg, err = newCgroup(filepath.Join(u.sup.opts.Cgroups, s.Name))
+		if err != nil {
+			if logR != nil {
+				logR.Close()
+			}
+			return fail(err)
+		}
+		sys.UseCgroupFD, sys.CgroupFD = true, cg.fd
+	}
+
+	dir := s.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	proc, err := u.sup.opts.Reaper.Start(s.Exec, &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys})
+	if cg != nil {
+		cg.closeFD()
+	}
+	if err != nil {
+		if logR != nil {
+			logR.Close()
+		}
+		if cg != nil {
+			cg.Remove()
+		}
+		return fail(err)
+	}
+	if logR != nil {
+		go u.copyLog(logR)
+	}
+	return proc, notes, cg, nil
+}
+
+// copyLog moves one run's output into the unit's log until every writer
+// (the service and anything it forked) has closed the pipe.
+func (u *Unit) copyLog(r *os.File) {
+	defer r.Close()
+	defer u.sup.recoverGoroutine("log of " + u.spec.Name)
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			u.log.Write(buf[:n])
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				u.logf("%s: reading output: %v", u.spec.Name, err)
+			}
+			return
+		}
+	}
+}
+
+// Status is one unit as the control socket reports it.
+type Status struct {
+	Name     string    `json:"name"`
+	Kind     string    `json:"kind"`
+	State    State     `json:"state"`
+	Reason   string    `json:"reason,omitempty"`
+	Pid      int       `json:"pid,omitempty"`
+	Since    time.Time `json:"since"`
+	Restarts int       `json:"restarts"`
+	LastExit string    `json:"last_exit,omitempty"`
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Status   string    `json:"status,omitempty"`
+	Exec     []string  `json:"exec"`
+	Restart  string    `json:"restart"`
+	After    []string  `json:"after,omitempty"`
+}
+
+// Status returns a snapshot of the unit.
+func (u *Unit) Status() Status {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st := Status{
+		Name:     u.spec.Name,
+		Kind:     "service",
+		State:    u.state,
+		Reason:   u.reason,
+		Pid:      u.pid,
+		Since:    u.since,
+		Restarts: u.restarts,
+		Status:   u.status,
+		Exec:     u.spec.Exec,
+		Restart:  string(u.spec.Restart),
+		After:    u.spec.After,
+	}
+	if u.lastExit != nil {
+		st.LastExit = u.lastExit.String()
+		code := u.lastExit.ShellCode()
+		st.ExitCode = &code
+	}
+	return st
+}
