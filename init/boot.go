@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -42,7 +41,7 @@ type booter struct {
 	mu       sync.Mutex // serialises console writes
 	reaper   *supervise.Reaper
 	sup      *supervise.Supervisor
-	ctl      *http.Server
+	ctl      *supervise.Control
 	cfg      *config.Config
 	power    chan string
 	stopping bool
@@ -301,11 +300,11 @@ func (b *booter) serveControl() {
 		},
 		Reload: b.reload,
 	}
-	b.ctl = &http.Server{Handler: ctl.Handler(), ErrorLog: nil}
+	b.ctl = ctl
 	go func() {
 		defer b.recoverLog("control socket")
-		if err := b.ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.logf("control socket: %v", err)
+		if err := ctl.Serve(l); err != nil {
+			b.logf("%v", err)
 		}
 	}()
 }

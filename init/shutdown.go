@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"syscall"
 	"time"
 
@@ -40,9 +39,7 @@ func (b *booter) finish(action string) {
 		b.sup.Shutdown()
 	}
 	if b.ctl != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		b.ctl.Shutdown(ctx)
-		cancel()
+		b.ctl.Close()
 	}
 
 	// Everything not started as a unit: TERM (and CONT, so stopped ones can

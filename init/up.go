@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -32,7 +31,7 @@ type upper struct {
 	grace   time.Duration
 	reaper  *supervise.Reaper
 	sup     *supervise.Supervisor
-	ctl     *http.Server
+	ctl     *supervise.Control
 	power   chan string
 }
 
@@ -225,15 +224,15 @@ func (u *upper) serve(l net.Listener) {
 		},
 		Reload: u.reload,
 	}
-	u.ctl = &http.Server{Handler: ctl.Handler()}
+	u.ctl = ctl
 	go func() {
 		defer func() {
 			if r := recover(); r != nil {
 				u.logf("control socket: internal error: %v", r)
 			}
 		}()
-		if err := u.ctl.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			u.logf("control socket: %v", err)
+		if err := ctl.Serve(l); err != nil {
+			u.logf("%v", err)
 		}
 	}()
 }

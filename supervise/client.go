@@ -6,55 +6,47 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/url"
-	"strings"
 )
 
 // Client talks to an init's control socket.
 type Client struct {
 	Socket string
-	http   *http.Client
 }
 
 // NewClient returns a client for the control socket at path.
-func NewClient(path string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
+func NewClient(path string) *Client { return &Client{Socket: path} }
+
+// open sends one request and returns the body of a successful answer; an
+// error answer becomes an error carrying the server's message.
+func (c *Client) open(ctx context.Context, method, path string) (io.ReadCloser, error) {
+	code, body, err := call(ctx, c.Socket, method, path)
+	if err != nil {
+		return nil, fmt.Errorf("no nest answers on %s (is it running? --socket or NEST_SOCKET name another): %w", c.Socket, err)
 	}
-	return &Client{Socket: path, http: &http.Client{Transport: tr}}
+	if code >= 300 {
+		defer body.Close()
+		var e apiError
+		b, _ := io.ReadAll(io.LimitReader(body, 64<<10))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, errors.New(e.Error)
+		}
+		return nil, fmt.Errorf("%s %s: status %d", method, path, code)
+	}
+	return body, nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://nest"+path, nil)
+	body, err := c.open(ctx, method, path)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) {
-			return fmt.Errorf("no nest answers on %s (is it running? --socket or NEST_SOCKET name another): %w", c.Socket, op.Err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e apiError
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
+	defer body.Close()
 	if out == nil {
+		io.Copy(io.Discard, io.LimitReader(body, 64<<10))
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	if err := json.NewDecoder(io.LimitReader(body, 16<<20)).Decode(out); err != nil {
 		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 	}
 	return nil
@@ -63,30 +55,30 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 // Units lists every unit.
 func (c *Client) Units(ctx context.Context) ([]Status, error) {
 	var out []Status
-	return out, c.do(ctx, http.MethodGet, "/v1/units", &out)
+	return out, c.do(ctx, "GET", "/v1/units", &out)
 }
 
 // Unit returns one unit's status.
 func (c *Client) Unit(ctx context.Context, name string) (Status, error) {
 	var out Status
-	return out, c.do(ctx, http.MethodGet, "/v1/units/"+url.PathEscape(name), &out)
+	return out, c.do(ctx, "GET", "/v1/units/"+url.PathEscape(name), &out)
 }
 
 // Act runs "start", "stop" or "restart" on a unit and returns its status
 // once the action has an outcome.
 func (c *Client) Act(ctx context.Context, action, name string) (Status, error) {
 	var out Status
-	return out, c.do(ctx, http.MethodPost, "/v1/units/"+url.PathEscape(name)+"/"+action, &out)
+	return out, c.do(ctx, "POST", "/v1/units/"+url.PathEscape(name)+"/"+action, &out)
 }
 
 // Power asks for "poweroff" or "reboot".
 func (c *Client) Power(ctx context.Context, action string) error {
-	return c.do(ctx, http.MethodPost, "/v1/"+action, nil)
+	return c.do(ctx, "POST", "/v1/"+action, nil)
 }
 
 // Reload asks the init to re-read its config.
 func (c *Client) Reload(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/v1/reload", nil)
+	return c.do(ctx, "POST", "/v1/reload", nil)
 }
 
 // Logs copies a unit's log to w; with follow it streams until ctx ends.
@@ -95,28 +87,14 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer
 	if follow {
 		path += "?follow=1"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://nest"+path, nil)
+	body, err := c.open(ctx, "GET", path)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("no nest answers on %s: %w", c.Socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e apiError
-		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("logs %s: %s", name, resp.Status)
-	}
-	_, err = io.Copy(w, resp.Body)
-	if err != nil && ctx.Err() != nil {
-		return nil
-	}
-	if err != nil && strings.Contains(err.Error(), "use of closed") {
-		return nil
+	defer body.Close()
+	_, err = io.Copy(w, body)
+	if ctx.Err() != nil {
+		return nil // the caller stopped following
 	}
 	return err
 }

@@ -1,13 +1,14 @@
 package supervise
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -53,85 +54,169 @@ type Control struct {
 	Reload func() error
 	// StartTimeout bounds how long start and restart wait for the outcome.
 	StartTimeout time.Duration
+
+	mu       sync.Mutex
+	listener net.Listener
 }
 
-// Handler returns the HTTP handler. net/http recovers a panicking handler,
-// so a bad request can never end the init.
-func (c *Control) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"version": c.Version, "api": APIVersion})
-	})
-	mux.HandleFunc("GET /v1/units", func(w http.ResponseWriter, r *http.Request) {
-		units := c.Sup.Units()
-		out := make([]Status, 0, len(units))
-		for _, u := range units {
-			out = append(out, u.Status())
+// Serve answers requests on l until Close. Each connection runs in its own
+// goroutine that recovers: no request can end the init.
+func (c *Control) Serve(l net.Listener) error {
+	c.mu.Lock()
+	c.listener = l
+	c.mu.Unlock()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("control socket: %w", err)
 		}
-		writeJSON(w, http.StatusOK, out)
-	})
-	mux.HandleFunc("GET /v1/units/{name}", c.withUnit(func(w http.ResponseWriter, r *http.Request, u *Unit) {
-		writeJSON(w, http.StatusOK, u.Status())
-	}))
-	mux.HandleFunc("POST /v1/units/{name}/start", c.withUnit(func(w http.ResponseWriter, r *http.Request, u *Unit) {
-		c.Sup.Start(u)
-		writeJSON(w, http.StatusOK, c.settle(r, u, 0))
-	}))
-	mux.HandleFunc("POST /v1/units/{name}/restart", c.withUnit(func(w http.ResponseWriter, r *http.Request, u *Unit) {
-		old := u.Status().Pid
-		c.Sup.Restart(u)
-		writeJSON(w, http.StatusOK, c.settle(r, u, old))
-	}))
-	mux.HandleFunc("POST /v1/units/{name}/stop", c.withUnit(func(w http.ResponseWriter, r *http.Request, u *Unit) {
-		select {
-		case <-c.Sup.Stop(u):
-		case <-r.Context().Done():
+		go c.serveConn(conn)
+	}
+}
+
+// Close stops accepting requests.
+func (c *Control) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.listener != nil {
+		c.listener.Close()
+	}
+}
+
+func (c *Control) serveConn(conn net.Conn) {
+	defer conn.Close()
+	w := &reply{conn: conn}
+	defer func() {
+		if r := recover(); r != nil {
+			if c.Sup.opts.Logf != nil {
+				c.Sup.opts.Logf("control socket: internal error: %v\n%s", r, debug.Stack())
+			}
+			if !w.sent {
+				w.error(500, errors.New("internal error"))
+			}
 		}
-		writeJSON(w, http.StatusOK, u.Status())
-	}))
-	mux.HandleFunc("GET /v1/units/{name}/logs", c.withUnit(c.logs))
-	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+	}()
+	r, err := readRequest(conn)
+	if err != nil {
+		w.error(400, err)
+		return
+	}
+	ctx, cancel := watchHangup(conn)
+	defer cancel()
+	r.ctx = ctx
+	c.route(w, r)
+}
+
+// route dispatches /v1/... requests. See docs/control-api.md.
+func (c *Control) route(w *reply, r *request) {
+	parts := strings.Split(strings.Trim(r.path, "/"), "/")
+	if len(parts) < 2 || parts[0] != "v1" {
+		w.error(404, fmt.Errorf("no such path %s (the API is under /v1/)", r.path))
+		return
+	}
+	want := func(method string) bool {
+		if r.method != method {
+			w.error(405, fmt.Errorf("%s %s: want %s", r.method, r.path, method))
+			return false
+		}
+		return true
+	}
+	switch {
+	case len(parts) == 2 && parts[1] == "version":
+		if want("GET") {
+			w.json(200, map[string]any{"version": c.Version, "api": APIVersion})
+		}
+	case len(parts) == 2 && parts[1] == "units":
+		if want("GET") {
+			units := c.Sup.Units()
+			out := make([]Status, 0, len(units))
+			for _, u := range units {
+				out = append(out, u.Status())
+			}
+			w.json(200, out)
+		}
+	case len(parts) == 2 && parts[1] == "reload":
+		if !want("POST") {
+			return
+		}
 		if c.Reload == nil {
-			writeError(w, http.StatusNotImplemented, errors.New("reload is not available here"))
+			w.error(501, errors.New("reload is not available here"))
 			return
 		}
 		if err := c.Reload(); err != nil {
-			writeError(w, http.StatusBadRequest, err)
+			w.error(400, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{})
-	})
-	for _, action := range []string{"poweroff", "reboot"} {
-		mux.HandleFunc("POST /v1/"+action, func(w http.ResponseWriter, r *http.Request) {
-			if c.Power == nil {
-				writeError(w, http.StatusNotImplemented, fmt.Errorf("%s is not available here", action))
-				return
-			}
-			if err := c.Power(action); err != nil {
-				writeError(w, http.StatusConflict, err)
-				return
-			}
-			writeJSON(w, http.StatusAccepted, map[string]string{})
-		})
+		w.json(200, map[string]string{})
+	case len(parts) == 2 && (parts[1] == "poweroff" || parts[1] == "reboot"):
+		if !want("POST") {
+			return
+		}
+		if c.Power == nil {
+			w.error(501, fmt.Errorf("%s is not available here", parts[1]))
+			return
+		}
+		if err := c.Power(parts[1]); err != nil {
+			w.error(409, err)
+			return
+		}
+		w.json(202, map[string]string{})
+	case (len(parts) == 3 || len(parts) == 4) && parts[1] == "units":
+		u, ok := c.Sup.Unit(parts[2])
+		if !ok {
+			w.error(404, fmt.Errorf("no unit named %q", parts[2]))
+			return
+		}
+		action := ""
+		if len(parts) == 4 {
+			action = parts[3]
+		}
+		c.unit(w, r, u, action, want)
+	default:
+		w.error(404, fmt.Errorf("no such path %s", r.path))
 	}
-	return mux
 }
 
-func (c *Control) withUnit(h func(http.ResponseWriter, *http.Request, *Unit)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		u, ok := c.Sup.Unit(name)
-		if !ok {
-			writeError(w, http.StatusNotFound, fmt.Errorf("no unit named %q", name))
-			return
+func (c *Control) unit(w *reply, r *request, u *Unit, action string, want func(string) bool) {
+	switch action {
+	case "":
+		if want("GET") {
+			w.json(200, u.Status())
 		}
-		h(w, r, u)
+	case "logs":
+		if want("GET") {
+			c.logs(w, r, u)
+		}
+	case "start":
+		if want("POST") {
+			c.Sup.Start(u)
+			w.json(200, c.settle(r, u, 0))
+		}
+	case "restart":
+		if want("POST") {
+			old := u.Status().Pid
+			c.Sup.Restart(u)
+			w.json(200, c.settle(r, u, old))
+		}
+	case "stop":
+		if want("POST") {
+			select {
+			case <-c.Sup.Stop(u):
+			case <-r.ctx.Done():
+			}
+			w.json(200, u.Status())
+		}
+	default:
+		w.error(404, fmt.Errorf("no action %q for a unit (start, stop, restart, logs)", action))
 	}
 }
 
 // settle waits until u has an outcome after a start: running (ready),
 // exited or failed, with a pid other than oldPid.
-func (c *Control) settle(r *http.Request, u *Unit, oldPid int) Status {
+func (c *Control) settle(r *request, u *Unit, oldPid int) Status {
 	timeout := c.StartTimeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
@@ -152,39 +237,36 @@ func (c *Control) settle(r *http.Request, u *Unit, oldPid int) Status {
 		case <-changed:
 		case <-deadline:
 			return st
-		case <-r.Context().Done():
+		case <-r.ctx.Done():
 			return st
 		}
 	}
 }
 
-func (c *Control) logs(w http.ResponseWriter, r *http.Request, u *Unit) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	follow := r.URL.Query().Get("follow") == "1"
-	var (
-		wake <-chan struct{}
-		stop func()
-	)
+func (c *Control) logs(w *reply, r *request, u *Unit) {
+	follow := r.query.Get("follow") == "1"
+	var wake <-chan struct{}
 	if follow {
+		var stop func()
 		wake, stop = u.Log().Follow()
 		defer stop()
 	}
-	data, cursor := u.Log().Snapshot()
-	if _, err := w.Write(data); err != nil || !follow {
+	out, err := w.stream()
+	if err != nil {
 		return
 	}
-	flusher, _ := w.(http.Flusher)
+	data, cursor := u.Log().Snapshot()
+	if _, err := out.Write(data); err != nil || !follow {
+		return
+	}
 	for {
-		if flusher != nil {
-			flusher.Flush()
-		}
 		select {
 		case <-wake:
-		case <-r.Context().Done():
+		case <-r.ctx.Done():
 			return
 		}
 		data, cursor = u.Log().Since(cursor)
-		if _, err := w.Write(data); err != nil {
+		if _, err := out.Write(data); err != nil {
 			return
 		}
 	}
@@ -193,14 +275,4 @@ func (c *Control) logs(w http.ResponseWriter, r *http.Request, u *Unit) {
 // apiError is the body of every error response.
 type apiError struct {
 	Error string `json:"error"`
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, apiError{Error: err.Error()})
 }

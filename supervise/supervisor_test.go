@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,10 +272,10 @@ func TestControlSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	var powered []string
-	srv := &http.Server{Handler: (&Control{Sup: s, Version: "test", Power: func(a string) error {
+	srv := &Control{Sup: s, Version: "test", Power: func(a string) error {
 		powered = append(powered, a)
 		return nil
-	}}).Handler()}
+	}}
 	go srv.Serve(l)
 	defer srv.Close()
 
