@@ -25,6 +25,7 @@ type Log struct {
 	file      *os.File
 	size      int64
 	fileErr   error // the last error opening the file, reported once
+	closed    bool  // after Close, output goes to the ring only
 	ring      []byte
 	start     int // index of the oldest byte when the ring is full
 	full      bool
@@ -55,7 +56,7 @@ func (l *Log) Write(p []byte) (int, error) {
 }
 
 func (l *Log) writeFile(p []byte) {
-	if l.path == "" {
+	if l.path == "" || l.closed {
 		return
 	}
 	if l.file != nil && l.size+int64(len(p)) > LogFileMax {
@@ -169,12 +170,21 @@ func (l *Log) FileError() error {
 	return nil
 }
 
-// Close closes the file; the ring stays readable.
+// Close closes the file for good (so that its file system can be
+// unmounted); the ring stays readable and keeps taking output.
 func (l *Log) Close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.file != nil {
 		l.file.Close()
 		l.file = nil
 	}
+}
+
+// Reopen lets output reach the file again after Close.
+func (l *Log) Reopen() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = false
 }

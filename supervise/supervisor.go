@@ -119,6 +119,7 @@ func (s *Supervisor) Apply(specs []Spec) {
 			continue
 		}
 		u := newUnit(s, sp)
+		u.state = StateWaiting // until its goroutine acts: not yet up
 		s.units[sp.Name] = u
 		started = append(started, u)
 	}
@@ -202,6 +203,11 @@ func (s *Supervisor) Shutdown() {
 		}()
 	}
 	wg.Wait()
+	// Nothing holds a log file open on a file system that shutdown is
+	// about to unmount.
+	for _, u := range units {
+		u.log.Close()
+	}
 }
 
 // Names returns the unit names, sorted.
@@ -240,6 +246,7 @@ func (s *Supervisor) StartAll() {
 	s.stopping = false
 	s.mu.Unlock()
 	for _, u := range s.Units() {
+		u.log.Reopen()
 		s.Start(u)
 	}
 }

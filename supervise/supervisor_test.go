@@ -152,10 +152,9 @@ func TestAfterAndNotify(t *testing.T) {
 	web.After = []string{"db"}
 	s.Apply([]Spec{web, db})
 
-	st := waitFor(t, s, "web", "waiting", func(st Status) bool { return st.State == StateWaiting })
-	if st.Reason != "waiting for db" {
-		t.Errorf("web reason = %q, want %q", st.Reason, "waiting for db")
-	}
+	waitFor(t, s, "web", "waiting for db", func(st Status) bool {
+		return st.State == StateWaiting && st.Reason == "waiting for db"
+	})
 	dbst := waitFor(t, s, "db", "ready", func(st Status) bool { return st.State == StateRunning })
 	if dbst.Status != "serving" {
 		t.Errorf("db STATUS = %q, want %q", dbst.Status, "serving")

@@ -2,15 +2,18 @@ package vmtest
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/ulikunitz/xz"
 )
 
 // Image is an initramfs under construction. The zero value is ready to use. The Add methods never fail on
@@ -28,6 +31,11 @@ type Image struct {
 	// Modules added by AddModules, for the generated modules.dep.
 	kernel  *Kernel
 	modules []Module
+
+	// XZModules names modules that AddModules ships compressed as .ko.xz,
+	// the way most distributions (not Debian) ship them, so that a test
+	// proves the loader decompresses them.
+	XZModules []string
 }
 
 type entryKind int
@@ -306,13 +314,36 @@ func (img *Image) AddModules(k *Kernel, names ...string) error {
 		have[m.Name] = true
 	}
 	guestDir := "/lib/modules/" + k.Version
+	xzRel := map[string]string{} // RelPath -> compressed RelPath
+	for _, m := range mods {
+		if slices.Contains(img.XZModules, m.Name) && strings.HasSuffix(m.RelPath, ".ko") {
+			xzRel[m.RelPath] = m.RelPath + ".xz"
+		}
+	}
 	for _, m := range mods {
 		if have[m.Name] {
 			continue
 		}
 		have[m.Name] = true
+		if rel, ok := xzRel[m.RelPath]; ok {
+			data, err := xzFile(m.Path)
+			if err != nil {
+				return fmt.Errorf("add modules: %w", err)
+			}
+			img.AddBytes(path.Join(guestDir, filepath.ToSlash(rel)), data, 0o644)
+			m.RelPath = rel
+		} else {
+			img.AddFile(path.Join(guestDir, filepath.ToSlash(m.RelPath)), m.Path, 0o644)
+		}
+		deps := make([]string, len(m.Deps))
+		for i, d := range m.Deps {
+			deps[i] = d
+			if rel, ok := xzRel[d]; ok {
+				deps[i] = rel
+			}
+		}
+		m.Deps = deps
 		img.modules = append(img.modules, m)
-		img.AddFile(path.Join(guestDir, filepath.ToSlash(m.RelPath)), m.Path, 0o644)
 	}
 	img.AddDir(guestDir, 0o755) // even when everything asked for is built in
 
@@ -370,3 +401,23 @@ var _ interface {
 	io.ReaderAt
 	io.Closer
 } = (*lazyFile)(nil)
+
+// xzFile returns the file at path compressed with xz.
+func xzFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	w, err := xz.NewWriter(&buf)
+	if err != nil {
+		return nil, fmt.Errorf("xz %s: %w", path, err)
+	}
+	if _, err := w.Write(data); err != nil {
+		return nil, fmt.Errorf("xz %s: %w", path, err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("xz %s: %w", path, err)
+	}
+	return buf.Bytes(), nil
+}
