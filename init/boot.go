@@ -74,6 +74,9 @@ func boot(sigs chan os.Signal) {
 func (b *booter) bootUp() {
 	os.Setenv("PATH", supervise.DefaultPath)
 	debug.SetTraceback("all")
+	// PID 1 holds little live data; a tighter heap goal keeps its
+	// footprint near that (measured in make bench).
+	debug.SetGCPercent(50)
 
 	// Before any mount: from the initramfs's rootfs, children could never
 	// pivot_root.
@@ -254,6 +257,10 @@ func (b *booter) reportReady() {
 	if _, ok := waitSettled(b.sup, time.Minute); ok {
 		b.logf("all units up %d ms after start", time.Since(b.start).Milliseconds())
 	}
+	// Boot's garbage (module tables, config trees) is not needed again:
+	// give it back to the kernel now rather than when the scavenger gets
+	// to it. PID 1 lives as long as the machine.
+	debug.FreeOSMemory()
 }
 
 // waitSettled waits until no unit is starting, waiting for a dependency or

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -128,6 +129,16 @@ func (c *Control) route(w *reply, r *request) {
 	case len(parts) == 2 && parts[1] == "version":
 		if want("GET") {
 			w.json(200, map[string]any{"version": c.Version, "api": APIVersion})
+		}
+	case len(parts) == 3 && parts[1] == "debug" && parts[2] == "memory":
+		if want("GET") {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			w.json(200, map[string]uint64{
+				"sys": m.Sys, "heap_inuse": m.HeapInuse, "heap_idle": m.HeapIdle,
+				"heap_released": m.HeapReleased, "stack_inuse": m.StackInuse,
+				"goroutines": uint64(runtime.NumGoroutine()), "num_gc": uint64(m.NumGC),
+			})
 		}
 	case len(parts) == 2 && parts[1] == "units":
 		if want("GET") {

@@ -182,7 +182,7 @@ func (u *Unit) run(want bool) {
 		}
 		if killC == nil {
 			u.set(StateStopping, "")
-			proc.Signal(unix.SIGTERM)
+			proc.Signal(u.stopSignal())
 			proc.Signal(unix.SIGCONT)
 			killC = time.After(u.spec.StopTimeout)
 		}
@@ -232,11 +232,11 @@ func (u *Unit) run(want bool) {
 				u.pid, u.status = proc.Pid, ""
 				u.mu.Unlock()
 				if u.spec.Notify {
-					u.set(StateStarting, "")
 					u.logf("%s: started (pid %d), waiting for READY=1", u.spec.Name, proc.Pid)
+					u.set(StateStarting, "")
 				} else {
-					u.set(StateRunning, "")
 					u.logf("%s: started (pid %d)", u.spec.Name, proc.Pid)
+					u.set(StateRunning, "")
 				}
 			}
 		}
@@ -365,6 +365,15 @@ func (u *Unit) run(want bool) {
 			}
 		}
 	}
+}
+
+// stopSignal asks the unit to end: SIGTERM, or SIGHUP for a unit on a
+// terminal (an interactive shell ignores SIGTERM; a hangup ends it).
+func (u *Unit) stopSignal() unix.Signal {
+	if u.spec.TTY != "" {
+		return unix.SIGHUP
+	}
+	return unix.SIGTERM
 }
 
 func (u *Unit) startLimit() int {

@@ -23,7 +23,7 @@ var (
 )
 
 // builds compiles nest and the guest test binary once per test process.
-func builds(t *testing.T) (nest, tests string) {
+func builds(t testing.TB) (nest, tests string) {
 	t.Helper()
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "nest-vmtest-")
@@ -55,7 +55,7 @@ type scenario struct {
 // nestModules are the modules nest loads at every boot (init/boot.go).
 var nestModules = []string{"veth", "bridge", "overlay", "squashfs", "loop"}
 
-func (s scenario) image(t *testing.T) string {
+func (s scenario) image(t testing.TB) string {
 	t.Helper()
 	nest, tests := builds(t)
 	img := NewImage()

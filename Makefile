@@ -1,0 +1,45 @@
+# nest: `make demo` boots nest as PID 1 in a VM; `make test` runs every test.
+# Both install what is missing (apt-get) first.
+
+GO      ?= go
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+export CGO_ENABLED = 0
+export PATH := $(PATH):/usr/local/go/bin
+
+# Debian packages the tests and the demo need.
+DEBS = qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs util-linux
+
+.PHONY: nest deps test vet demo bench clean
+
+nest:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o nest ./init
+
+deps:
+	@missing=""; for p in $(DEBS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags vmguest ./vmtest/...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+
+# Unit tests, host tests (as root: namespaces, nest up), the VM tests, and
+# a short fuzz run of every decoder of outside input.
+test: deps vet
+	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./config
+
+demo: deps nest
+	$(GO) run ./vmtest/nestvm -nest ./nest
+
+bench: deps nest
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+
+clean:
+	rm -f nest

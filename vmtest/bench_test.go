@@ -1,0 +1,46 @@
+package vmtest
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// BenchmarkPID1 is `make bench`: nest as PID 1 in the VM with 10 services.
+// It reports the binary size, nest's own time from exec to every unit up,
+// PID 1's RSS idle and after 500 spawns, and the restart latency after a
+// crash (which includes the 100 ms first backoff by design). Run with
+// -benchtime 1x: one boot is one measurement.
+func BenchmarkPID1(b *testing.B) {
+	var cfg strings.Builder
+	cfg.WriteString("console = \"none\"\n")
+	for i := range 10 {
+		fmt.Fprintf(&cfg, "\n[[service]]\nname = \"svc%d\"\nexec = [\"/bin/sleep\", \"100000\"]\nrestart = \"always\"\n", i)
+	}
+	cfg.WriteString("\n[[service]]\nname = \"spawn\"\nexec = [\"/bin/true\"]\nrestart = \"no\"\n")
+	cfg.WriteString("\n[[service]]\nname = \"bench\"\nexec = [\"/tests/pid1.test\", \"-test.v\", \"-test.run\", \"^TestBenchGuest$\"]\nrestart = \"no\"\n")
+
+	for b.Loop() {
+		initrd := scenario{config: cfg.String()}.image(b)
+		r := RunTest(b, &VM{Kernel: TestKernel(b), Initrd: initrd, Memory: 1024})
+		fi, err := os.Stat(nestBin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(fi.Size())/1e6, "binary_MB")
+		if m := regexp.MustCompile(`all units up (\d+) ms after start`).FindStringSubmatch(r.Console); m != nil {
+			ms, _ := strconv.ParseFloat(m[1], 64)
+			b.ReportMetric(ms, "exec_to_ready_ms")
+		}
+		for _, line := range r.Lines() {
+			f := strings.Fields(line)
+			if len(f) == 3 && f[0] == "NESTBENCH" {
+				v, _ := strconv.ParseFloat(f[2], 64)
+				b.ReportMetric(v, f[1])
+			}
+		}
+	}
+}
