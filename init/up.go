@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,7 +37,7 @@ type upper struct {
 }
 
 func up(args []string, sigs chan os.Signal) int {
-	u := &upper{stderr: os.Stderr, power: make(chan string, 4)}
+	u := &upper{stderr: os.Stderr, power: make(chan string, 4), reaper: supervise.NewReaper()}
 	fl := flag.NewFlagSet("nest up", flag.ContinueOnError)
 	fl.SetOutput(u.stderr)
 	fl.StringVar(&u.cfgPath, "c", "", "config `file` (default "+config.DefaultPath+"; with -- CMD, only when given)")
@@ -55,6 +56,16 @@ func up(args []string, sigs chan os.Signal) int {
 		sigs = make(chan os.Signal, 128)
 		signal.Notify(sigs, pid1Signals()...)
 	}
+	// Reaping never waits for the main loop: stopping units (shutdown,
+	// reload, reboot) blocks the loop until they are reaped.
+	chld := make(chan os.Signal, 1)
+	signal.Notify(chld, unix.SIGCHLD)
+	defer signal.Stop(chld)
+	go func() {
+		for range chld {
+			u.reaper.Reap()
+		}
+	}()
 	if os.Getpid() != 1 {
 		// Orphans of what nest starts must come back to nest to be reaped
 		// and stopped, not to the host's init.
@@ -80,7 +91,6 @@ func up(args []string, sigs chan os.Signal) int {
 		}
 	}
 
-	u.reaper = supervise.NewReaper()
 	if cfg != nil {
 		l, err := supervise.ListenControl(*socket)
 		if err != nil {
@@ -114,8 +124,7 @@ func up(args []string, sigs chan os.Signal) int {
 		select {
 		case sig := <-sigs:
 			if sig == unix.SIGCHLD {
-				u.reaper.Reap()
-				continue
+				continue // reaped above
 			}
 			if main != nil {
 				// The entrypoint form: signals are CMD's, not nest's. Job
@@ -238,13 +247,20 @@ func (u *upper) serve(l net.Listener) {
 }
 
 // cgroups returns the cgroup under which units get their own, when nest up
-// runs as PID 1 at the root of a cgroup v2 namespace; otherwise "" (pidfds
-// only: a host's own cgroups are not nest up's to rearrange).
+// runs as PID 1 at the root of a cgroup v2 namespace that holds nothing
+// else; otherwise "" (pidfds only: cgroups shared with processes nest did
+// not start, such as a host's, are not nest up's to rearrange).
 func (u *upper) cgroups() string {
 	if os.Getpid() != 1 {
 		return ""
 	}
 	if cg, err := ownCgroup(); err != nil || cg != "/" {
+		return ""
+	}
+	// Processes outside our pid namespace show as 0; any other pid means
+	// we share the cgroup.
+	procs, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.procs"))
+	if err != nil || strings.TrimSpace(string(procs)) != "1" {
 		return ""
 	}
 	dir, err := setupRootCgroup(cgroupRoot)
