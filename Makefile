@@ -34,6 +34,7 @@ vet:
 test: deps vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s -fuzzminimizetime 200x ./escalate
 
 demo: deps nest
 	$(GO) run ./vmtest/nestvm -nest ./nest

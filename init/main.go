@@ -57,9 +57,14 @@ func main() {
 	os.Exit(run(os.Args, sigs))
 }
 
-// bootMode reports whether PID 1 boots the machine (anything but `nest up`).
+// bootMode reports whether PID 1 boots the machine: anything but `nest up`
+// and the internal modes (run-init is PID 1 of a sandbox's namespace).
 func bootMode(args []string) bool {
-	return len(args) < 2 || args[1] != "up"
+	if len(args) < 2 {
+		return true
+	}
+	_, isInternal := internal[args[1]]
+	return args[1] != "up" && !isInternal
 }
 
 // reexecWithoutTHP restarts PID 1 once with GODEBUG=disablethp=1. With
@@ -85,14 +90,19 @@ func reexecWithoutTHP() {
 }
 
 // internal modes are exec'd by nest itself, never typed by people.
-var internal = map[string]func(args []string) int{
-	"reboot-helper": rebootHelper,
+var internal map[string]func(args []string, sigs chan os.Signal) int
+
+func init() {
+	internal = map[string]func(args []string, sigs chan os.Signal) int{
+		"reboot-helper": func(args []string, _ chan os.Signal) int { return rebootHelper(args) },
+		"run-init":      runInit,
+	}
 }
 
 func run(args []string, sigs chan os.Signal) int {
 	if len(args) > 1 {
 		if f, ok := internal[args[1]]; ok {
-			return f(args[2:])
+			return f(args[2:], sigs)
 		}
 	}
 	if os.Getpid() == 1 && bootMode(args) {
@@ -100,6 +110,9 @@ func run(args []string, sigs chan os.Signal) int {
 	}
 	if len(args) > 1 && args[1] == "up" {
 		return up(args[2:], sigs)
+	}
+	if len(args) > 1 && args[1] == "run" {
+		return runSandbox(args[2:])
 	}
 	return cli(args[1:], os.Stdout, os.Stderr)
 }
