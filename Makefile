@@ -9,6 +9,8 @@ export PATH := $(PATH):/usr/local/go/bin
 
 # Debian packages the tests and the demo need.
 DEBS = qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs util-linux
+# and the ones `make bench` compares nest run with (bench/).
+BENCH_DEBS = bubblewrap crun runc
 
 .PHONY: nest deps test vet demo bench clean
 
@@ -39,7 +41,12 @@ test: deps vet
 demo: deps nest
 	$(GO) run ./vmtest/nestvm -nest ./nest
 
+# nest as PID 1 in the VM, then nest run side by side with the floor,
+# bwrap, crun and runc (one package at a time: the timings need a quiet
+# machine). NEST_BENCH_N sets the runs per command of the latter.
 bench: deps nest
+	@$(MAKE) --no-print-directory deps DEBS='$(BENCH_DEBS)'
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./vmtest/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 
 clean:

@@ -55,6 +55,11 @@ type Config struct {
 	Console  string // ConsoleShell or ConsoleNone
 	Mounts   []Mount
 	Services []Service
+	// Containers are the child containers: [container.NAME] tables, and
+	// the files LoadDir adds.
+	Containers []Container
+
+	ix *index // positions in Source; nil when unknown
 }
 
 // Mount is a filesystem mounted at boot. Mounts are mounted in order and
@@ -125,7 +130,8 @@ func Default() *Config {
 }
 
 // Validate checks every rule that Parse checks on values. Errors have no
-// line and column (Parse adds them).
+// line and column (Parse adds them), except those of containers parsed
+// from a file, which are placed in their File.
 func (c *Config) Validate() error {
 	v := &problems{file: c.Source}
 	c.validate(v)

@@ -12,9 +12,14 @@ import (
 
 // The keys each table allows, in the order the docs list them.
 var (
-	topKeys     = []string{"hostname", "modules", "console", "mount", "service"}
-	mountKeys   = []string{"source", "target", "type", "options"}
-	serviceKeys = []string{"name", "exec", "env", "dir", "restart", "after", "notify", "stop_timeout", "start_limit"}
+	topKeys       = []string{"hostname", "modules", "console", "mount", "service", "container"}
+	mountKeys     = []string{"source", "target", "type", "options"}
+	serviceKeys   = []string{"name", "exec", "env", "dir", "restart", "after", "notify", "stop_timeout", "start_limit"}
+	containerKeys = []string{"kind", "rootfs", "bind", "memory", "memory_high", "pids", "cpu", "restart", "after",
+		"hostname", "network", "exec", "env", "dir", "user", "stop_timeout", "start_limit",
+		"private_users", "private_tmp", "private_devices", "protect_proc", "protect_sys", "no_new_privileges", "nesting", "level",
+		"service", "container"}
+	bindKeys = []string{"source", "target", "writable"}
 )
 
 // decoder reads the tree that the TOML decoder made into a Config,
@@ -25,7 +30,7 @@ type decoder struct {
 }
 
 func (d *decoder) config(tree map[string]any) *Config {
-	c := &Config{Source: d.file, Console: ConsoleShell}
+	c := &Config{Source: d.file, Console: ConsoleShell, ix: d.ix}
 	for _, k := range slices.Sorted(maps.Keys(tree)) {
 		v, p := tree[k], path("").key(k)
 		switch k {
@@ -43,17 +48,15 @@ func (d *decoder) config(tree map[string]any) *Config {
 				c.Console = s
 			}
 		case "mount":
-			for i, t := range d.tables(p, k, v) {
+			for i, t := range d.tables("", p, k, k, v) {
 				if t != nil {
 					c.Mounts = append(c.Mounts, d.mount(p.idx(i), i, t))
 				}
 			}
 		case "service":
-			for i, t := range d.tables(p, k, v) {
-				if t != nil {
-					c.Services = append(c.Services, d.service(p.idx(i), i, t))
-				}
-			}
+			c.Services = d.services("", p, "service", v)
+		case "container":
+			c.Containers = d.containers("", p, "", v)
 		default:
 			d.unknown("", p, k, topKeys)
 		}
@@ -83,9 +86,23 @@ func (d *decoder) mount(p path, i int, t map[string]any) Mount {
 	return m
 }
 
-func (d *decoder) service(p path, i int, t map[string]any) Service {
+// services reads the array of tables at p; header is how its tables are
+// written ("service", "container.alice.service").
+func (d *decoder) services(parent string, p path, header string, v any) []Service {
+	var out []Service
+	for i, t := range d.tables(parentContext(parent), p, "service", header, v) {
+		if t != nil {
+			out = append(out, d.service(p.idx(i), parent, i, t))
+		}
+	}
+	return out
+}
+
+// service reads the i-th service of the container parent ("" for the
+// init's own).
+func (d *decoder) service(p path, parent string, i int, t map[string]any) Service {
 	name, _ := t["name"].(string)
-	ctx := serviceContext(i, name)
+	ctx := serviceContext(parent, i, name)
 	s := Service{Restart: RestartOnFailure, StopTimeout: DefaultStopTimeout, StartLimit: DefaultStartLimit}
 	for _, k := range slices.Sorted(maps.Keys(t)) {
 		v, kp := t[k], p.key(k)
@@ -105,30 +122,56 @@ func (d *decoder) service(p path, i int, t map[string]any) Service {
 		case "after":
 			s.After, _ = d.strs(ctx, kp, k, v)
 		case "notify":
-			if b, ok := v.(bool); ok {
+			if b, ok := d.bool(ctx, kp, k, v); ok {
 				s.Notify = b
-			} else {
-				d.val([]path{kp}, "%s%s = %s: want true or false", ctx, k, render(v))
 			}
 		case "stop_timeout":
-			if str, ok := v.(string); !ok {
-				d.val([]path{kp}, `%s%s = %s: want a duration string like "10s"`, ctx, k, render(v))
-			} else if dur, err := time.ParseDuration(str); err != nil {
-				d.val([]path{kp}, `%s%s = %s: want a duration like "10s", "1m30s" or "500ms"`, ctx, k, render(v))
-			} else {
+			if dur, ok := d.duration(ctx, kp, k, v); ok {
 				s.StopTimeout = dur
 			}
 		case "start_limit":
-			if n, ok := v.(int64); ok && n >= 1 && n <= MaxStartLimit {
-				s.StartLimit = int(n)
-			} else {
-				d.val([]path{kp}, "%s%s = %s: want a whole number from 1 to %d", ctx, k, render(v), MaxStartLimit)
+			if n, ok := d.startLimit(ctx, kp, k, v); ok {
+				s.StartLimit = n
 			}
 		default:
 			d.unknown(ctx, kp, k, serviceKeys)
 		}
 	}
 	return s
+}
+
+// bool returns v if it is a boolean.
+func (d *decoder) bool(ctx string, p path, name string, v any) (bool, bool) {
+	b, ok := v.(bool)
+	if !ok {
+		d.val([]path{p}, "%s%s = %s: want true or false", ctx, name, render(v))
+	}
+	return b, ok
+}
+
+// duration returns v if it is a string that time.ParseDuration takes.
+func (d *decoder) duration(ctx string, p path, name string, v any) (time.Duration, bool) {
+	str, ok := v.(string)
+	if !ok {
+		d.val([]path{p}, `%s%s = %s: want a duration string like "10s"`, ctx, name, render(v))
+		return 0, false
+	}
+	dur, err := time.ParseDuration(str)
+	if err != nil {
+		d.val([]path{p}, `%s%s = %s: want a duration like "10s", "1m30s" or "500ms"`, ctx, name, render(v))
+		return 0, false
+	}
+	return dur, true
+}
+
+// startLimit returns v if it is a start_limit.
+func (d *decoder) startLimit(ctx string, p path, name string, v any) (int, bool) {
+	n, ok := v.(int64)
+	if !ok || n < 1 || n > MaxStartLimit {
+		d.val([]path{p}, "%s%s = %s: want a whole number from 1 to %d", ctx, name, render(v), MaxStartLimit)
+		return 0, false
+	}
+	return int(n), true
 }
 
 // unknown reports a key that the table does not allow.
@@ -180,11 +223,12 @@ func (d *decoder) env(ctx string, p path, name string, v any) map[string]string 
 }
 
 // tables returns the elements of an array of tables; an element that is
-// not a table is reported and nil.
-func (d *decoder) tables(p path, name string, v any) []map[string]any {
+// not a table is reported and nil. header is how the tables are written:
+// [[header]].
+func (d *decoder) tables(ctx string, p path, name, header string, v any) []map[string]any {
 	a, ok := v.([]any)
 	if !ok {
-		d.val([]path{p}, "%s = %s: want an array of tables, written [[%s]]", name, render(v), name)
+		d.val([]path{p}, "%s%s = %s: want an array of tables, written [[%s]]", ctx, name, render(v), header)
 		return nil
 	}
 	out := make([]map[string]any, len(a))
@@ -192,18 +236,41 @@ func (d *decoder) tables(p path, name string, v any) []map[string]any {
 		if t, ok := e.(map[string]any); ok {
 			out[i] = t
 		} else {
-			d.val([]path{p.idx(i)}, "%s[%d] = %s: want a table", name, i, render(e))
+			d.val([]path{p.idx(i)}, "%s%s[%d] = %s: want a table", ctx, name, i, render(e))
 		}
 	}
 	return out
 }
 
-// serviceContext starts a message about the i-th service.
-func serviceContext(i int, name string) string {
+// serviceContext starts a message about the i-th service of the container
+// parent ("" for the init's own): `service "web": `, `service "alice/sshd": `.
+func serviceContext(parent string, i int, name string) string {
 	if name != "" {
-		return "service " + strconv.Quote(name) + ": "
+		return "service " + strconv.Quote(joinID(parent, name)) + ": "
 	}
-	return fmt.Sprintf("service[%d]: ", i)
+	return fmt.Sprintf("%sservice[%d]: ", parentContext(parent), i)
+}
+
+// containerContext starts a message about a container: `container "alice/dev": `.
+func containerContext(id string) string {
+	return "container " + strconv.Quote(id) + ": "
+}
+
+// parentContext starts a message about something in the container id; ""
+// for the init's own.
+func parentContext(id string) string {
+	if id == "" {
+		return ""
+	}
+	return containerContext(id)
+}
+
+// joinID names a unit of the container parent in messages.
+func joinID(parent, name string) string {
+	if parent == "" {
+		return name
+	}
+	return parent + "/" + name
 }
 
 // mountContext starts a message about the i-th mount.

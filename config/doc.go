@@ -12,10 +12,14 @@
 //     /etc/nest/nest.toml:7:11: service "web": restart = "sometimes": want "always", "on-failure" or "no"
 //   - the built-in demo config (Default) used when no file exists.
 //
-// What it never does: no I/O beyond reading the one file that Load is given,
-// and no side effects. It does not look at the running system (whether a
-// program in exec exists, whether a module can be loaded, whether a mount
-// source is there): the packages that act on the spec report those.
+// What it never does: no I/O beyond reading the file that Load is given and
+// the files of the directory that LoadDir is given (an init's
+// containers.d), and no side effects. It does not look at the running
+// system (whether a program in exec exists, whether a module can be
+// loaded, whether a mount source is there): the packages that act on the
+// spec report those. The one exception is Container.CheckPaths, which the
+// init that starts a container calls: a child's paths (rootfs, bind
+// sources) are in that init's view, so only it can check them.
 //
 // How: the document is decoded by github.com/pelletier/go-toml/v2 (syntax,
 // duplicate keys, table redefinitions, all with positions), then walked

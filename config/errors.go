@@ -37,6 +37,21 @@ type problems struct {
 	file string
 	ix   *index // nil: no positions
 	list []*Error
+	to   *problems // set: problems go to its list (see in)
+}
+
+// in returns problems that are placed in another file (or index) but
+// collected in p's list: a pass over a config reports problems of a
+// container from containers.d in that container's own file.
+func (p *problems) in(file string, ix *index) *problems {
+	root := p
+	for root.to != nil {
+		root = root.to
+	}
+	if file == "" {
+		file = p.file
+	}
+	return &problems{file: file, ix: ix, to: root}
 }
 
 // at records a problem at the key (onKey) or the value of the first path
@@ -44,7 +59,11 @@ type problems struct {
 func (p *problems) at(onKey bool, ps []path, format string, args ...any) {
 	e := &Error{File: p.file, Msg: fmt.Sprintf(format, args...)}
 	e.Line, e.Col = p.ix.pos(onKey, ps...)
-	p.list = append(p.list, e)
+	root := p
+	for root.to != nil {
+		root = root.to
+	}
+	root.list = append(root.list, e)
 }
 
 // val records a problem with the value at the first known path of ps.
@@ -54,7 +73,8 @@ func (p *problems) val(ps []path, format string, args ...any) { p.at(false, ps, 
 func (p *problems) key(ps []path, format string, args ...any) { p.at(true, ps, format, args...) }
 
 // err returns nil, the only problem, or the first maxErrors problems in
-// the order of the file joined.
+// the order of the file joined (files in the order their first problem
+// was found).
 func (p *problems) err() error {
 	if len(p.list) == 0 {
 		return nil
@@ -63,7 +83,16 @@ func (p *problems) err() error {
 		return p.list[0]
 	}
 	list := slices.Clone(p.list)
+	files := map[string]int{}
+	for _, e := range list {
+		if _, ok := files[e.File]; !ok {
+			files[e.File] = len(files)
+		}
+	}
 	slices.SortStableFunc(list, func(a, b *Error) int {
+		if a.File != b.File {
+			return files[a.File] - files[b.File]
+		}
 		if a.Line != b.Line {
 			return a.Line - b.Line
 		}

@@ -38,7 +38,21 @@ func (c *Config) validate(v *problems) {
 	for i, m := range c.Mounts {
 		m.validate(v, top.key("mount").idx(i), i)
 	}
-	c.validateServices(v, top.key("service"))
+	validateServices(v, "", c.Services, top.key("service"))
+	for i := range c.Containers {
+		c.Containers[i].validate(v)
+	}
+	checkLevel(v, levelMembers(v, "", c.Services, c.Containers, top), c.reserved())
+}
+
+// reserved says why a name is taken at the top of c: the console shell's.
+func (c *Config) reserved() func(name string) string {
+	return func(name string) string {
+		if name == ConsoleUnit && c.Console == ConsoleShell {
+			return `taken by the console shell (console = "shell"); pick another name or set console = "none"`
+		}
+		return ""
+	}
 }
 
 func (m *Mount) validate(v *problems, p path, i int) {
@@ -72,103 +86,217 @@ func (m *Mount) validate(v *problems, p path, i int) {
 	}
 }
 
-func (c *Config) validateServices(v *problems, top path) {
-	first := map[string]int{} // name -> index of the service that has it
-	for i := range c.Services {
-		s := &c.Services[i]
+// validateServices checks each service of the container parent ("" for
+// the init's own) on its own; checkLevel checks what spans the units.
+func validateServices(v *problems, parent string, services []Service, top path) {
+	for i := range services {
+		s := &services[i]
 		p := top.idx(i)
-		ctx := serviceContext(i, s.Name)
+		ctx := serviceContext(parent, i, s.Name)
 		switch {
 		case s.Name == "":
 			v.val([]path{p.key("name"), p}, `%sname is missing: want a name like "web": a-z, 0-9 and '-', at most 32 characters`, ctx)
 		case !validName(s.Name):
 			v.val([]path{p.key("name")}, "%sname = %s: want a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters", ctx, strconv.Quote(s.Name))
-		default:
-			if s.Name == ConsoleUnit && c.Console == ConsoleShell {
-				v.val([]path{p.key("name")}, `%sname = %s: taken by the console shell (console = "shell"); pick another name or set console = "none"`, ctx, strconv.Quote(s.Name))
-			}
-			if j, dup := first[s.Name]; dup {
-				where := fmt.Sprintf("service[%d]", j)
-				if line, _ := v.ix.pos(false, top.idx(j).key("name")); line > 0 {
-					where = fmt.Sprintf("the service at line %d", line)
-				}
-				v.val([]path{p.key("name")}, "%sname = %s: already used by %s", ctx, strconv.Quote(s.Name), where)
-			} else {
-				first[s.Name] = i
-			}
 		}
 		s.validate(v, p, ctx)
 	}
-	for i := range c.Services {
-		s := &c.Services[i]
-		p := top.idx(i)
-		ctx := serviceContext(i, s.Name)
-		seen := map[string]bool{}
-		for j, a := range s.After {
-			_, known := first[a]
-			switch {
-			case a == s.Name && a != "":
-				v.val([]path{p.key("after").idx(j)}, "%safter[%d] = %s: a service cannot come after itself", ctx, j, strconv.Quote(a))
-			case !known:
-				v.val([]path{p.key("after").idx(j)}, "%safter[%d] = %s: no service has that name; %s", ctx, j, strconv.Quote(a), otherNames(first, s.Name))
-			case seen[a]:
-				v.val([]path{p.key("after").idx(j)}, "%safter[%d] = %s: listed twice", ctx, j, strconv.Quote(a))
-			}
-			seen[a] = true
-		}
-	}
-	c.findCycles(v, top, first)
 }
 
 func (s *Service) validate(v *problems, p path, ctx string) {
+	validateProcess(v, p, ctx, s.Exec, s.Env, s.Dir)
+	validateRestart(v, p, ctx, s.Restart)
+	validateStopTimeout(v, p, ctx, s.StopTimeout)
+}
+
+// validateProcess checks what a service and a daemon container have in
+// common: exec, env and dir.
+func validateProcess(v *problems, p path, ctx string, exec []string, env map[string]string, dir string) {
 	switch {
-	case len(s.Exec) == 0:
+	case len(exec) == 0:
 		v.val([]path{p.key("exec"), p}, `%sexec is missing or empty: want the program and its arguments, like ["/usr/sbin/httpd", "-f"]`, ctx)
-	case !strings.HasPrefix(s.Exec[0], "/"):
-		v.val([]path{p.key("exec").idx(0)}, "%sexec[0] = %s: want an absolute path", ctx, strconv.Quote(s.Exec[0]))
+	case !strings.HasPrefix(exec[0], "/"):
+		v.val([]path{p.key("exec").idx(0)}, "%sexec[0] = %s: want an absolute path", ctx, strconv.Quote(exec[0]))
 	}
-	for i, a := range s.Exec {
+	for i, a := range exec {
 		if hasNUL(a) {
 			v.val([]path{p.key("exec").idx(i)}, "%sexec[%d] = %s: contains a NUL byte", ctx, i, strconv.Quote(a))
 		}
 	}
-	for _, k := range slices.Sorted(maps.Keys(s.Env)) {
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		name := "env." + displayKey(k)
 		if k == "" || strings.ContainsRune(k, '=') || hasNUL(k) {
 			v.key([]path{p.key("env").key(k)}, "%s%s: want an environment variable name: not empty, without '=' or NUL", ctx, name)
-		} else if hasNUL(s.Env[k]) {
-			v.val([]path{p.key("env").key(k)}, "%s%s = %s: contains a NUL byte", ctx, name, strconv.Quote(s.Env[k]))
+		} else if hasNUL(env[k]) {
+			v.val([]path{p.key("env").key(k)}, "%s%s = %s: contains a NUL byte", ctx, name, strconv.Quote(env[k]))
 		}
 	}
-	if s.Dir != "" && (!strings.HasPrefix(s.Dir, "/") || hasNUL(s.Dir)) {
-		v.val([]path{p.key("dir")}, "%sdir = %s: want an absolute path", ctx, strconv.Quote(s.Dir))
-	}
-	switch s.Restart {
-	case RestartAlways, RestartOnFailure, RestartNo:
-	default:
-		v.val([]path{p.key("restart"), p}, `%srestart = %s: want "always", "on-failure" or "no"`, ctx, strconv.Quote(string(s.Restart)))
-	}
-	if s.StopTimeout <= 0 || s.StopTimeout > MaxStopTimeout {
-		v.val([]path{p.key("stop_timeout"), p}, "%sstop_timeout = %s: want a duration above 0 and at most 1h", ctx, strconv.Quote(formatDuration(s.StopTimeout)))
+	if dir != "" && (!strings.HasPrefix(dir, "/") || hasNUL(dir)) {
+		v.val([]path{p.key("dir")}, "%sdir = %s: want an absolute path", ctx, strconv.Quote(dir))
 	}
 }
 
-// findCycles reports each cycle of after that a depth-first walk in file
-// order closes, at the after value that closes it.
-func (c *Config) findCycles(v *problems, top path, first map[string]int) {
+func validateRestart(v *problems, p path, ctx string, r Restart) {
+	switch r {
+	case RestartAlways, RestartOnFailure, RestartNo:
+	default:
+		v.val([]path{p.key("restart"), p}, `%srestart = %s: want "always", "on-failure" or "no"`, ctx, strconv.Quote(string(r)))
+	}
+}
+
+func validateStopTimeout(v *problems, p path, ctx string, d time.Duration) {
+	if d <= 0 || d > MaxStopTimeout {
+		v.val([]path{p.key("stop_timeout"), p}, "%sstop_timeout = %s: want a duration above 0 and at most 1h", ctx, strconv.Quote(formatDuration(d)))
+	}
+}
+
+// member is a service or a container of one init, for the checks that
+// span them: one set of names, after, cycles.
+type member struct {
+	container bool // a container, not a service
+	name      string
+	index     int // in its list
+	after     []string
+	p         path // its table
+	ctx       string
+	v         *problems // where its problems go, and its positions
+}
+
+// levelMembers lists the services and containers of one init: the
+// container parent ("" for the init's own), whose table is at top.
+func levelMembers(v *problems, parent string, services []Service, containers []Container, top path) []member {
+	var ms []member
+	for i, s := range services {
+		ms = append(ms, member{name: s.Name, index: i, after: s.After, p: top.key("service").idx(i),
+			ctx: serviceContext(parent, i, s.Name), v: v})
+	}
+	for i := range containers {
+		c := &containers[i]
+		ms = append(ms, member{container: true, name: c.Name, index: i, after: c.After, p: c.at,
+			ctx: containerContext(joinID(parent, c.Name)), v: v.in(c.File, c.ix)})
+	}
+	return ms
+}
+
+func (m *member) kind() string {
+	if m.container {
+		return "container"
+	}
+	return "service"
+}
+
+// namePaths are where m's name is written.
+func (m *member) namePaths() []path {
+	if m.container {
+		return []path{m.p}
+	}
+	return []path{m.p.key("name"), m.p}
+}
+
+// nameIs starts a message about m's name after its context.
+func (m *member) nameIs() string {
+	if m.container {
+		return ""
+	}
+	return "name = " + strconv.Quote(m.name) + ": "
+}
+
+// where names m for a message about another member, reported in from.
+func (m *member) where(from *problems) string {
+	line, col := m.v.ix.pos(m.container, m.namePaths()...)
+	switch {
+	case line > 0 && m.v.file == from.file:
+		return fmt.Sprintf("the %s at line %d", m.kind(), line)
+	case line > 0:
+		return fmt.Sprintf("the %s at %s:%d:%d", m.kind(), m.v.file, line, col)
+	case m.v.file != from.file && m.v.file != "":
+		return fmt.Sprintf("the %s in %s", m.kind(), m.v.file)
+	}
+	return fmt.Sprintf("%s[%d]", m.kind(), m.index)
+}
+
+// before reports whether m is written before o in the same file.
+func (m *member) before(o *member) bool {
+	if m.v.file != o.v.file {
+		return false
+	}
+	lm, cm := m.v.ix.pos(m.container, m.namePaths()...)
+	lo, co := o.v.ix.pos(o.container, o.namePaths()...)
+	return lm > 0 && lo > 0 && (lm < lo || lm == lo && cm < co)
+}
+
+// atName records a problem with m's name: at a service's name value, at a
+// container's name in its table header.
+func (m *member) atName(format string, args ...any) {
+	m.v.at(m.container, m.namePaths(), format, args...)
+}
+
+// checkLevel checks what spans the services and containers of one init:
+// names are unique among both, and not the reserved one (reserved says why
+// a name is taken, or ""); after names a unit of the same init, and no
+// cycle goes through after.
+func checkLevel(v *problems, ms []member, reserved func(name string) string) {
+	first := map[string]int{} // name -> index in ms of the unit that has it
+	for i := range ms {
+		m := &ms[i]
+		if !validName(m.name) {
+			continue // reported with the unit
+		}
+		if why := reserved(m.name); why != "" {
+			m.atName("%s%s%s", m.ctx, m.nameIs(), why)
+		}
+		j, dup := first[m.name]
+		if !dup {
+			first[m.name] = i
+			continue
+		}
+		// Report the one written later; the other is named.
+		at, other := m, &ms[j]
+		if at.before(other) {
+			at, other = other, at
+		}
+		shared := ""
+		if at.container != other.container {
+			shared = " (services and containers share one set of names)"
+		}
+		at.atName("%s%salready used by %s%s; rename or remove one of them", at.ctx, at.nameIs(), other.where(at.v), shared)
+	}
+	for i := range ms {
+		m := &ms[i]
+		ap := m.p.key("after")
+		seen := map[string]bool{}
+		for j, a := range m.after {
+			_, known := first[a]
+			switch {
+			case a == m.name && a != "":
+				m.v.val([]path{ap.idx(j)}, "%safter[%d] = %s: a %s cannot come after itself", m.ctx, j, strconv.Quote(a), m.kind())
+			case !known:
+				m.v.val([]path{ap.idx(j)}, "%safter[%d] = %s: no service or container has that name; %s", m.ctx, j, strconv.Quote(a), otherNames(first, m.name))
+			case seen[a]:
+				m.v.val([]path{ap.idx(j)}, "%safter[%d] = %s: listed twice", m.ctx, j, strconv.Quote(a))
+			}
+			seen[a] = true
+		}
+	}
+	findCycles(ms, first)
+}
+
+// findCycles reports each cycle of after that a depth-first walk in the
+// order of ms closes, at the after value that closes it.
+func findCycles(ms []member, first map[string]int) {
 	const (
 		unseen = iota
 		open
 		done
 	)
-	state := make([]int, len(c.Services))
+	state := make([]int, len(ms))
 	var stack []int
 	var visit func(i int)
 	visit = func(i int) {
 		state[i] = open
 		stack = append(stack, i)
-		s := &c.Services[i]
-		for j, a := range s.After {
+		m := &ms[i]
+		for j, a := range m.after {
 			t, ok := first[a]
 			if !ok || t == i {
 				continue
@@ -178,24 +306,24 @@ func (c *Config) findCycles(v *problems, top path, first map[string]int) {
 				visit(t)
 			case open:
 				k := slices.Index(stack, t)
-				chain := []string{s.Name}
+				chain := []string{m.name}
 				for _, n := range stack[k:] {
-					chain = append(chain, c.Services[n].Name)
+					chain = append(chain, ms[n].name)
 				}
-				v.val([]path{top.idx(i).key("after").idx(j)}, "%safter[%d] = %s: dependency cycle: %s", serviceContext(i, s.Name), j, strconv.Quote(a), strings.Join(chain, " after "))
+				m.v.val([]path{m.p.key("after").idx(j)}, "%safter[%d] = %s: dependency cycle: %s", m.ctx, j, strconv.Quote(a), strings.Join(chain, " after "))
 			}
 		}
 		stack = stack[:len(stack)-1]
 		state[i] = done
 	}
-	for i, s := range c.Services {
-		if first[s.Name] == i && s.Name != "" && state[i] == unseen {
+	for i, m := range ms {
+		if first[m.name] == i && validName(m.name) && state[i] == unseen {
 			visit(i)
 		}
 	}
 }
 
-// otherNames lists the services other than self for a message.
+// otherNames lists the units other than self for a message.
 func otherNames(first map[string]int, self string) string {
 	var names []string
 	for n := range first {
@@ -204,7 +332,7 @@ func otherNames(first map[string]int, self string) string {
 		}
 	}
 	if len(names) == 0 {
-		return "there is no other service"
+		return "there is no other service or container"
 	}
 	slices.Sort(names)
 	if len(names) > 8 {

@@ -16,12 +16,14 @@ import (
 	"nest/config"
 	"nest/mounts"
 	nestnet "nest/net"
+	"nest/sandbox"
 	"nest/supervise"
 )
 
 // Paths of the root container's init.
 const (
 	controlSocket = "/run/nest/nest.sock"
+	containersDir = "/etc/nest/containers.d"
 	runDir        = "/run/nest"
 	logDir        = "/var/log/nest"
 	cgroupRoot    = "/sys/fs/cgroup"
@@ -119,6 +121,12 @@ func (b *booter) bootUp() {
 	if err != nil {
 		b.logf("cgroups: %v (services run without their own cgroups)", err)
 	}
+	var containersCgroup string
+	if servicesCgroup != "" {
+		if containersCgroup, err = containerCgroups(cgroupRoot); err != nil {
+			b.logf("cgroups: %v", err)
+		}
+	}
 
 	cfg := b.loadConfig()
 	b.loadModules(append(append([]string(nil), ownModules...), cfg.Modules...))
@@ -136,11 +144,13 @@ func (b *booter) bootUp() {
 		b.debugf("reaped orphan %d (%s)", pid, st)
 	}
 	b.sup = supervise.New(supervise.Options{
-		Reaper:  b.reaper,
-		Logf:    b.logf,
-		LogDir:  logDir,
-		RunDir:  runDir,
-		Cgroups: servicesCgroup,
+		Reaper:           b.reaper,
+		Logf:             b.logf,
+		LogDir:           logDir,
+		RunDir:           runDir,
+		Cgroups:          servicesCgroup,
+		ContainerCgroups: containersCgroup,
+		IDs:              sandbox.Pool{Path: sandbox.DefaultPoolPath},
 	})
 	b.serveControl()
 	b.cfg = cfg
@@ -187,7 +197,7 @@ func (b *booter) loadConfig() *config.Config {
 		b.logf("nest.shell: emergency shell instead of %s", b.cfgPath)
 		return &config.Config{Source: "nest.shell", Console: config.ConsoleShell}
 	}
-	cfg, err := config.Load(b.cfgPath)
+	cfg, err := loadConfig(b.cfgPath)
 	switch {
 	case err == nil:
 		b.logf("config %s", b.cfgPath)
@@ -208,7 +218,7 @@ func (b *booter) loadConfig() *config.Config {
 // reload re-reads the config and applies the difference. A file that does
 // not parse changes nothing.
 func (b *booter) reload() error {
-	cfg, err := config.Load(b.cfgPath)
+	cfg, err := loadConfig(b.cfgPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		cfg, err = config.Default(), nil
 	}
@@ -230,8 +240,21 @@ func (b *booter) reload() error {
 	return nil
 }
 
+// loadConfig reads the config file and the child containers of
+// containers.d beside it.
+func loadConfig(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := config.LoadDir(cfg, containersDir); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
 // unitSpecs turns a config into the supervisor's units: the console shell
-// (when asked for) and the services.
+// (when asked for), the services and the child containers.
 func unitSpecs(cfg *config.Config) []supervise.Spec {
 	var specs []supervise.Spec
 	if cfg.Console == config.ConsoleShell {
@@ -247,6 +270,16 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 	}
 	for _, s := range cfg.Services {
 		specs = append(specs, supervise.Spec{Service: s})
+	}
+	for i := range cfg.Containers {
+		c := &cfg.Containers[i]
+		specs = append(specs, supervise.Spec{
+			Service: config.Service{
+				Name: c.Name, Restart: c.Restart, After: c.After,
+				StopTimeout: c.StopTimeout, StartLimit: c.StartLimit,
+			},
+			Container: c,
+		})
 	}
 	return specs
 }

@@ -21,6 +21,20 @@ import (
 // available controller is enabled for children, and services get their own
 // parent. It returns that parent, under which each unit gets a cgroup.
 func setupRootCgroup(root string) (string, error) {
+	return unitParent(root, "services")
+}
+
+// containerCgroups returns the parent of child containers' cgroups, beside
+// services (setupRootCgroup must have run).
+func containerCgroups(root string) (string, error) {
+	dir := filepath.Join(root, "containers")
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	return dir, enableControllers(dir)
+}
+
+func unitParent(root, name string) (string, error) {
 	if !mounts.Mounted(root, unix.CGROUP2_SUPER_MAGIC) {
 		return "", fmt.Errorf("no cgroup v2 at %s", root)
 	}
@@ -30,7 +44,7 @@ func setupRootCgroup(root string) (string, error) {
 	if err := enableControllers(root); err != nil {
 		return "", err
 	}
-	services := filepath.Join(root, "services")
+	services := filepath.Join(root, name)
 	if err := os.Mkdir(services, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("cgroup %s: %w", services, err)
 	}

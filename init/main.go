@@ -96,6 +96,8 @@ func init() {
 	internal = map[string]func(args []string, sigs chan os.Signal) int{
 		"reboot-helper": func(args []string, _ chan os.Signal) int { return rebootHelper(args) },
 		"run-init":      runInit,
+		"child-init":    childInit,
+		"confine":       confine,
 	}
 }
 

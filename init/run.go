@@ -219,6 +219,9 @@ func runInit(args []string, sigs chan os.Signal) int {
 		return fail("spec: %v", err)
 	}
 	link.Close()
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail("close_range: %v", err)
+	}
 	if len(spec.Argv) == 0 {
 		return fail("spec: no command")
 	}

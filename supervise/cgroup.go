@@ -57,19 +57,36 @@ func (c *cgroup) Kill() {
 	}
 }
 
-// Remove kills what is left in the cgroup and removes it, waiting briefly
-// for the killed processes to be reaped.
+// Remove kills what is left in the cgroup and removes it with every
+// cgroup below it (a child container's init makes its own), deepest
+// first, waiting briefly for the killed processes to be reaped.
 func (c *cgroup) Remove() {
 	c.closeFD()
 	if populated(c.path) {
 		c.Kill()
 	}
 	for range 200 {
-		if err := unix.Rmdir(c.path); err == nil || errors.Is(err, unix.ENOENT) {
+		if err := removeTree(c.path); err == nil || errors.Is(err, unix.ENOENT) {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// removeTree removes the cgroup directory dir and every cgroup below it.
+func removeTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, unix.ENOENT) {
+				return err
+			}
+		}
+	}
+	return unix.Rmdir(dir)
 }
 
 func populated(path string) bool {

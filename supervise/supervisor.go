@@ -3,8 +3,11 @@ package supervise
 import (
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
+
+	"nest/sandbox"
 )
 
 // DefaultPath is the PATH every unit starts with (the kernel gives init none).
@@ -23,6 +26,14 @@ type Options struct {
 	// Cgroups is the cgroup v2 directory under which each unit gets its own
 	// cgroup ("" when there is no usable cgroup v2: pidfds only).
 	Cgroups string
+	// ContainerCgroups is the cgroup v2 directory under which each child
+	// container gets its own, delegated to it ("" : none).
+	ContainerCgroups string
+	// IDs is the pool of user-namespace id ranges for child containers.
+	IDs sandbox.Pool
+	// Self is the nest binary that child containers run as their init
+	// (default /proc/self/exe).
+	Self string
 }
 
 // Supervisor runs a set of units.
@@ -131,7 +142,14 @@ func (s *Supervisor) Apply(specs []Spec) {
 }
 
 func sameSpec(a, b Spec) bool {
-	return a.TTY == b.TTY && a.Service.Equal(b.Service)
+	if (a.Container == nil) != (b.Container == nil) {
+		return false
+	}
+	if a.Container != nil && !a.Container.Equal(*b.Container) {
+		return false
+	}
+	return a.TTY == b.TTY && a.InheritOutput == b.InheritOutput &&
+		slices.Equal(a.Confine, b.Confine) && a.Service.Equal(b.Service)
 }
 
 // Unit returns the unit called name.

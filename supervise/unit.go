@@ -58,6 +58,17 @@ type Spec struct {
 	// TTY, when set, is the terminal the unit runs on as its controlling
 	// tty (stdin, stdout and stderr); its output is not captured.
 	TTY string
+	// Container, when set, makes the unit a child container: Service then
+	// carries only its name, restart, after, stop_timeout and start_limit.
+	Container *config.Container
+	// InheritOutput gives the unit this process's stdout and stderr
+	// instead of a log of its own (a daemon container's one service,
+	// whose output is the container's log in the parent).
+	InheritOutput bool
+	// Confine runs the unit through `nest confine` (the Confine argv
+	// prefix), which drops capabilities and sets no_new_privs on the
+	// thread that execs it.
+	Confine []string
 }
 
 type op int
@@ -155,6 +166,7 @@ func (u *Unit) run(want bool) {
 		procStart  time.Time
 		exitC      <-chan ExitStatus
 		notes      *notifySocket
+		child      *containerRun
 		noteC      <-chan notifyMessage
 		cg         *cgroup
 		backoffC   <-chan time.Time
@@ -182,8 +194,12 @@ func (u *Unit) run(want bool) {
 		}
 		if killC == nil {
 			u.set(StateStopping, "")
-			proc.Signal(u.stopSignal())
-			proc.Signal(unix.SIGCONT)
+			// A container stops its own subtree in order when asked over
+			// its link; a process gets a signal.
+			if child == nil || child.requestStop() != nil {
+				proc.Signal(u.stopSignal())
+				proc.Signal(unix.SIGCONT)
+			}
 			killC = time.After(u.spec.StopTimeout)
 		}
 	}
@@ -208,7 +224,11 @@ func (u *Unit) run(want bool) {
 				u.set(StateWaiting, "waiting for "+waitFor)
 			default:
 				var err error
-				proc, notes, cg, err = u.spawn()
+				if u.spec.Container != nil {
+					proc, child, cg, err = u.spawnContainer()
+				} else {
+					proc, notes, cg, err = u.spawn()
+				}
 				if err != nil {
 					u.logf("%s: failed to start: %v", u.spec.Name, err)
 					proc = nil
@@ -228,10 +248,13 @@ func (u *Unit) run(want bool) {
 				if notes != nil {
 					noteC = notes.messages
 				}
+				if child != nil {
+					noteC = child.messages
+				}
 				u.mu.Lock()
 				u.pid, u.status = proc.Pid, ""
 				u.mu.Unlock()
-				if u.spec.Notify {
+				if u.spec.Notify || child != nil {
 					u.logf("%s: started (pid %d), waiting for READY=1", u.spec.Name, proc.Pid)
 					u.set(StateStarting, "")
 				} else {
@@ -282,6 +305,39 @@ func (u *Unit) run(want bool) {
 			if notes != nil {
 				notes.Close()
 				notes, noteC = nil, nil
+			}
+			if child != nil {
+				child.Close()
+				child, noteC = nil, nil
+				// The init of a pid namespace that calls reboot(2) dies of
+				// SIGINT (poweroff, halt) or SIGHUP (restart).
+				switch st.Signal {
+				case unix.SIGINT:
+					u.mu.Lock()
+					u.pid, u.lastExit = 0, &st
+					u.mu.Unlock()
+					if cg != nil {
+						cg.Remove()
+						cg = nil
+					}
+					u.logf("%s: powered off from inside", u.spec.Name)
+					want = false
+					u.set(StateStopped, "powered off from inside")
+					down()
+					continue
+				case unix.SIGHUP:
+					if state, _ := u.current(); state != StateStopping && !u.sup.shuttingDown() {
+						u.mu.Lock()
+						u.pid, u.lastExit = 0, &st
+						u.mu.Unlock()
+						if cg != nil {
+							cg.Remove()
+							cg = nil
+						}
+						u.logf("%s: rebooted from inside", u.spec.Name)
+						continue // want stays: start again, no backoff
+					}
+				}
 			}
 			if cg != nil {
 				cg.Remove() // kills what the main process left behind
@@ -437,6 +493,13 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 		closeAfter = append(closeAfter, tty)
 		files = []uintptr{tty.Fd(), tty.Fd(), tty.Fd()}
 		sys.Setctty, sys.Ctty = true, 0
+	} else if s.InheritOutput {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return fail(fmt.Errorf("open %s: %w", os.DevNull, err))
+		}
+		closeAfter = append(closeAfter, null)
+		files = []uintptr{null.Fd(), 1, 2}
 	} else {
 		null, err := os.Open(os.DevNull)
 		if err != nil {
@@ -469,7 +532,11 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 	if dir == "" {
 		dir = "/"
 	}
-	proc, err := u.sup.opts.Reaper.Start(s.Exec, &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys})
+	argv := s.Exec
+	if len(s.Confine) > 0 {
+		argv = append(append(append([]string(nil), s.Confine...), "--"), s.Exec...)
+	}
+	proc, err := u.sup.opts.Reaper.Start(argv, &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys})
 	if cg != nil {
 		cg.closeFD()
 	}
@@ -529,9 +596,13 @@ type Status struct {
 func (u *Unit) Status() Status {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	kind := "service"
+	if u.spec.Container != nil {
+		kind = string(u.spec.Container.Kind)
+	}
 	st := Status{
 		Name:     u.spec.Name,
-		Kind:     "service",
+		Kind:     kind,
 		State:    u.state,
 		Reason:   u.reason,
 		Pid:      u.pid,

@@ -226,6 +226,56 @@ func TestPID1Shutdown(t *testing.T) {
 	}
 }
 
+const containersConfig = `# The containers scenario of vmtest/pid1_test.go.
+console = "none"
+
+[container.web]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "echo hello from web; exec sleep 100000"]
+memory  = "64M"
+pids    = 64
+restart = "always"
+
+[container.probe]
+kind    = "daemon"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "probe" }
+restart = "no"
+
+[container.bomb]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "b() { b | b & }; b; exec sleep 100000"]
+pids    = 32
+restart = "no"
+
+[container.hog]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "exec tail /dev/zero"]
+memory  = "32M"
+restart = "no"
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestContainers"]
+restart = "no"
+`
+
+// TestPID1Containers starts daemon containers from the root's config and
+// checks them from the root and from inside (vmtest/pid1/container_test.go):
+// namespaces and id mapping, cgroup limits (a fork bomb stops at pids, a
+// memory hog is OOM-killed inside its container), the escape list, a
+// killed child init restarted, a stop that leaves nothing.
+func TestPID1Containers(t *testing.T) {
+	t.Parallel()
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: containersConfig}.image(t),
+		Memory: 1024,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: web: started (pid", "nest: web: ready")
+}
+
 func slicesContains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {

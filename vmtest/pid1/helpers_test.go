@@ -43,6 +43,8 @@ func helper(name string) int {
 		}
 	case "writer":
 		return writer()
+	case "probe":
+		return probe()
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
 	return 2

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"nest/config"
+	"nest/escalate"
+	"nest/mounts"
+	nestnet "nest/net"
+	"nest/sandbox"
+	"nest/supervise"
+)
+
+// childInit is the init of a child container (internal mode child-init):
+// started by its parent init in fresh namespaces with the spec on the link
+// (fd 3) and the rootfs as a detached mount tree (fd 4). It builds its
+// root, then supervises the container's units as the root's PID 1 does,
+// reports ready up the link, and stops its subtree when the parent asks or
+// dies.
+func childInit(args []string, sigs chan os.Signal) int {
+	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "nest: "+format+"\n", a...) }
+	fail := func(format string, a ...any) int {
+		logf(format, a...)
+		return runExitError
+	}
+	if err := unix.CloseRange(5, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail("close_range: %v", err)
+	}
+	link, err := escalate.NewConn(os.NewFile(3, "link"))
+	if err != nil {
+		return fail("link: %v", err)
+	}
+	link.SetDeadline(time.Now().Add(10 * time.Second))
+	m, fds, err := link.Recv()
+	for _, f := range fds {
+		f.Close()
+	}
+	if err != nil {
+		return fail("reading the spec: %v", err)
+	}
+	link.SetDeadline(time.Time{})
+	// Nothing this init holds may reach what it execs: the link came in
+	// without close-on-exec.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail("close_range: %v", err)
+	}
+	var spec supervise.ChildSpec
+	if m.Type != "spec" {
+		return fail("link: want a spec, got %q", m.Type)
+	}
+	if err := escalate.DecodeBody(m, &spec); err != nil {
+		return fail("spec: %v", err)
+	}
+	c := spec.Container
+
+	hostname := c.Hostname
+	if hostname == "" {
+		hostname = c.Name
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fail("hostname: %v", err)
+	}
+	if c.Network != "host" {
+		if err := nestnet.LoopbackUp(); err != nil {
+			return fail("%v", err)
+		}
+	}
+	root := mounts.Root{
+		Base: 4, Binds: binds(c.Binds),
+		PrivateTmp: c.Sandbox.PrivateTmp, MinimalDev: c.Sandbox.PrivateDevices,
+		ProtectProc: c.Sandbox.ProtectProc, ProtectSys: c.Sandbox.ProtectSys,
+		OwnNet: c.Network != "host",
+	}
+	if err := root.Build(); err != nil {
+		return fail("%v", err)
+	}
+	unix.Close(4)
+
+	servicesCgroup := ""
+	if spec.Cgroup {
+		// The container's own cgroup, delegated by the parent, is the root
+		// of its cgroup namespace.
+		cg := mounts.Mount{Source: "cgroup2", Target: cgroupRoot, Type: "cgroup2",
+			Flags: unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, Magic: unix.CGROUP2_SUPER_MAGIC}
+		if _, err := cg.Do(); err != nil {
+			return fail("%v", err)
+		}
+		if servicesCgroup, err = setupRootCgroup(cgroupRoot); err != nil {
+			logf("cgroups: %v (units run without their own cgroups)", err)
+			servicesCgroup = ""
+		}
+	}
+
+	reaper := supervise.NewReaper()
+	chld := make(chan os.Signal, 1)
+	signal.Notify(chld, unix.SIGCHLD)
+	go func() {
+		for range chld {
+			reaper.Reap()
+		}
+	}()
+	sup := supervise.New(supervise.Options{
+		Reaper: reaper, Logf: logf, RunDir: runDir, Cgroups: servicesCgroup,
+	})
+	if l, err := supervise.ListenControl(controlSocket); err != nil {
+		logf("%v", err)
+	} else {
+		ctl := &supervise.Control{Sup: sup, Version: version}
+		go ctl.Serve(l)
+	}
+	sup.Apply(childUnits(c))
+
+	// The daemon's end is the container's end; the parent applies restart.
+	var daemonDone <-chan supervise.Status
+	if c.Kind == config.KindDaemon {
+		daemonDone = watchEnd(sup, c.Name)
+	}
+	go func() {
+		if _, ok := waitSettled(sup, time.Minute); ok {
+			link.Send(&escalate.Message{Type: "ready"})
+		}
+	}()
+	requests := make(chan string, 1)
+	go func() {
+		for {
+			m, fds, err := link.Recv()
+			for _, f := range fds {
+				f.Close()
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					logf("link: %v", err)
+				}
+				requests <- "parent gone"
+				return
+			}
+			if m.Type == "shutdown" {
+				requests <- "shutdown"
+			}
+		}
+	}()
+
+	stop := func(why string, code int) int {
+		logf("%s: stopping", why)
+		sup.Shutdown()
+		reaper.KillDescendants(2 * time.Second)
+		return code
+	}
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case unix.SIGTERM, unix.SIGINT, unix.SIGPWR:
+				return stop(sig.String(), 0)
+			}
+		case why := <-requests:
+			return stop(why, 0)
+		case st := <-daemonDone:
+			code := 0
+			if st.ExitCode != nil {
+				code = *st.ExitCode
+			}
+			return stop(fmt.Sprintf("%s %s", c.Name, st.State), code)
+		}
+	}
+}
+
+// childUnits are the units a child container's init runs: a daemon's one
+// service, confined, with its output as the container's log; and the
+// services the parent's config declares inside it.
+func childUnits(c config.Container) []supervise.Spec {
+	var specs []supervise.Spec
+	if c.Kind == config.KindDaemon {
+		confine := []string{"/proc/self/exe", "confine"}
+		if c.Sandbox.NoNewPrivileges {
+			confine = append(confine, "--nnp")
+		}
+		if !c.Sandbox.Nesting {
+			confine = append(confine, "--caps", "daemon")
+		}
+		specs = append(specs, supervise.Spec{
+			Service: config.Service{
+				Name: c.Name, Exec: c.Exec, Env: c.Env, Dir: c.Dir,
+				Restart: config.RestartNo, StopTimeout: c.StopTimeout, StartLimit: 1,
+			},
+			InheritOutput: true,
+			Confine:       confine,
+		})
+	}
+	for _, s := range c.Services {
+		specs = append(specs, supervise.Spec{Service: s})
+	}
+	return specs
+}
+
+// watchEnd delivers the status of unit name once it has ended for good.
+func watchEnd(sup *supervise.Supervisor, name string) <-chan supervise.Status {
+	out := make(chan supervise.Status, 1)
+	go func() {
+		for {
+			changed := sup.Changes()
+			if u, ok := sup.Unit(name); ok {
+				st := u.Status()
+				if st.Pid == 0 && (st.State == supervise.StateExited || st.State == supervise.StateFailed) {
+					out <- st
+					return
+				}
+			}
+			<-changed
+		}
+	}()
+	return out
+}
+
+func binds(list []config.Bind) []mounts.Bind {
+	out := make([]mounts.Bind, len(list))
+	for i, b := range list {
+		out[i] = mounts.Bind{Source: b.Source, Target: b.Target, Writable: b.Writable}
+	}
+	return out
+}
+
+// confine execs a command with fewer privileges (internal mode): the
+// capabilities and no_new_privs are per thread, and this thread execs.
+func confine(args []string, _ chan os.Signal) int {
+	runtime.LockOSThread()
+	fl := flag.NewFlagSet("nest confine", flag.ContinueOnError)
+	nnp := fl.Bool("nnp", false, "set no_new_privs")
+	caps := fl.String("caps", "", "daemon: keep only sandbox.DaemonCaps")
+	if err := fl.Parse(args); err != nil || fl.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: nest confine [--nnp] [--caps daemon] -- CMD [ARGS...]")
+		return 2
+	}
+	argv := fl.Args()
+	if *caps == "daemon" {
+		if err := sandbox.LimitCaps(sandbox.DaemonCaps); err != nil {
+			fmt.Fprintf(os.Stderr, "nest confine: %v\n", err)
+			return 126
+		}
+	}
+	if *nnp {
+		if err := sandbox.NoNewPrivs(); err != nil {
+			fmt.Fprintf(os.Stderr, "nest confine: %v\n", err)
+			return 126
+		}
+	}
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		fmt.Fprintf(os.Stderr, "nest confine: %s: want a path\n", path)
+		return 127
+	}
+	err := syscall.Exec(path, argv, os.Environ())
+	fmt.Fprintf(os.Stderr, "nest confine: %s: %v\n", path, err)
+	return 127
+}

@@ -1,0 +1,211 @@
+package supervise
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"nest/config"
+	"nest/escalate"
+	"nest/mounts"
+	"nest/sandbox"
+)
+
+// ChildSpec is what a parent init sends its child's init over the link.
+type ChildSpec struct {
+	Container config.Container `json:"container"`
+	// Cgroup says the child was born in a delegated cgroup v2 of its own,
+	// which it mounts and manages (limits live on its parent side).
+	Cgroup bool `json:"cgroup"`
+}
+
+// Link messages of a running child (escalate.Types).
+const (
+	msgSpec     = "spec"
+	msgReady    = "ready"
+	msgShutdown = "shutdown"
+)
+
+// ShutdownBody is the body of a shutdown message.
+type ShutdownBody struct {
+	Action string `json:"action"` // "poweroff" or "reboot"
+}
+
+// containerRun is one run of a child container, seen from the parent.
+type containerRun struct {
+	link     *escalate.Conn
+	messages chan notifyMessage // ready, as a notify socket would say it
+}
+
+// requestStop asks the child's init to stop its subtree in order.
+func (c *containerRun) requestStop() error {
+	body, _ := json.Marshal(ShutdownBody{Action: "poweroff"})
+	return c.link.Send(&escalate.Message{Type: msgShutdown, Body: body})
+}
+
+func (c *containerRun) Close() { c.link.Close() }
+
+// read turns the child's link messages into events; anything else the
+// child says is ignored, and a message that breaks the protocol ends the
+// link (the child is hostile until proven otherwise).
+func (c *containerRun) read(logf func(string, ...any), name string) {
+	defer close(c.messages)
+	for {
+		m, fds, err := c.link.Recv()
+		for _, f := range fds {
+			f.Close()
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
+				logf("%s: link: %v", name, err)
+			}
+			return
+		}
+		if m.Type == msgReady {
+			select {
+			case c.messages <- notifyMessage{ready: true}:
+			default:
+			}
+		}
+	}
+}
+
+// spawnContainer starts one run of a child container: nest itself as the
+// init of fresh namespaces, born in its own cgroup, with the spec on the
+// link and the rootfs as a detached mount tree. Nothing else of this
+// process crosses.
+func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
+	c := u.spec.Container
+	opts := u.sup.opts
+	if err := c.CheckPaths(); err != nil {
+		return nil, nil, nil, err
+	}
+	var cleanup []func()
+	fail := func(err error) (*Process, *containerRun, *cgroup, error) {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+		return nil, nil, nil, err
+	}
+
+	var ids sandbox.Range
+	if c.Sandbox.PrivateUsers {
+		var err error
+		if ids, err = opts.IDs.Acquire(c.Name); err != nil {
+			return fail(err)
+		}
+	}
+
+	rootfs := c.Rootfs
+	if rootfs == "" || rootfs == "host" {
+		rootfs = "/"
+	}
+	base, err := mounts.CloneBase(rootfs)
+	if err != nil {
+		return fail(fmt.Errorf("rootfs %s: %w", rootfs, err))
+	}
+	cleanup = append(cleanup, func() { unix.Close(base) })
+
+	link, childLink, err := escalate.Pair()
+	if err != nil {
+		return fail(err)
+	}
+	cleanup = append(cleanup, func() { link.Close() })
+	defer childLink.Close()
+
+	var cg *cgroup
+	limits := sandbox.Limits{Memory: c.Memory, MemoryHigh: c.MemoryHigh, Pids: c.Pids, CPU: c.CPU}
+	if opts.ContainerCgroups != "" {
+		if cg, err = newCgroup(filepath.Join(opts.ContainerCgroups, c.Name)); err != nil {
+			return fail(err)
+		}
+		cleanup = append(cleanup, func() { cg.Remove() })
+		if err := limits.Apply(cg.path); err != nil {
+			return fail(fmt.Errorf("container %s: %w", c.Name, err))
+		}
+		if c.Sandbox.PrivateUsers {
+			if err := delegate(cg.path, int(ids.Start)); err != nil {
+				return fail(err)
+			}
+		}
+	} else if limits != (sandbox.Limits{}) {
+		u.logf("%s: no cgroup v2 here: memory, pids and cpu limits are unavailable", c.Name)
+	}
+
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return fail(err)
+	}
+	defer null.Close()
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		return fail(err)
+	}
+	defer logW.Close()
+	cleanup = append(cleanup, func() { logR.Close() })
+
+	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP)
+	if c.Network != "host" {
+		flags |= unix.CLONE_NEWNET
+	}
+	sys := &syscall.SysProcAttr{Cloneflags: flags, Setsid: true}
+	if c.Sandbox.PrivateUsers {
+		sys.Cloneflags |= unix.CLONE_NEWUSER
+		sys.UidMappings, sys.GidMappings = ids.UidMappings(), ids.GidMappings()
+		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
+	if cg != nil {
+		sys.UseCgroupFD, sys.CgroupFD = true, cg.fd
+	}
+	exe := opts.Self
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
+	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{"PATH=" + DefaultPath},
+		Files: []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd(), uintptr(base)},
+		Sys:   sys,
+	})
+	if cg != nil {
+		cg.closeFD()
+	}
+	if err != nil {
+		return fail(err)
+	}
+	unix.Close(base)
+	go u.copyLog(logR)
+
+	body, err := json.Marshal(ChildSpec{Container: *c, Cgroup: cg != nil})
+	if err == nil {
+		err = link.Send(&escalate.Message{Type: msgSpec, Body: body})
+	}
+	if err != nil {
+		proc.Signal(unix.SIGKILL)
+		<-proc.Done()
+		proc.Close()
+		return fail(fmt.Errorf("sending the spec: %w", err))
+	}
+	run := &containerRun{link: link, messages: make(chan notifyMessage, 4)}
+	go run.read(u.logf, c.Name)
+	return proc, run, cg, nil
+}
+
+// delegate gives a container's cgroup to its mapped root, so that its init
+// can create cgroups for its own units (the files cgroup v2 delegation
+// names: the directory, cgroup.procs, cgroup.subtree_control,
+// cgroup.threads).
+func delegate(dir string, uid int) error {
+	for _, name := range []string{"", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"} {
+		if err := os.Chown(filepath.Join(dir, name), uid, uid); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delegate cgroup %s: %w", dir, err)
+		}
+	}
+	return nil
+}
