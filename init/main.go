@@ -9,8 +9,8 @@
 //     (`nest up -- CMD`);
 //   - CLI: every other verb talks to the nearest init's control socket.
 //
-// Hidden internal modes (reboot-helper) are registered in one table and
-// checked before anything else.
+// Hidden internal modes (reboot-helper, run-init, child-init, confine) are
+// registered in one table and checked before anything else.
 package main
 
 import (

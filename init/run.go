@@ -103,6 +103,9 @@ func runSandbox(args []string) int {
 		return fail("--rootfs %s: not a directory", *rootfs)
 	}
 	for _, b := range binds {
+		if err := mounts.CheckBind(b); err != nil {
+			return fail("--bind: %v", err)
+		}
 		if _, err := os.Stat(b.Source); err != nil {
 			return fail("--bind %s: %v", b.Source, err)
 		}

@@ -46,6 +46,27 @@ type Bind struct {
 	Writable bool
 }
 
+// CheckBind refuses binds that would undo the sandbox: a target on or under
+// /proc, /sys or /dev (the container's own API file systems, which carry
+// the masks) or / itself, and a source under the parent's /proc, whose
+// magic links lead into the parent.
+func CheckBind(b Bind) error {
+	target := filepath.Clean(b.Target)
+	if !filepath.IsAbs(target) || target == "/" {
+		return fmt.Errorf("bind target %q: want an absolute path other than /", b.Target)
+	}
+	for _, api := range []string{"/proc", "/sys", "/dev"} {
+		if target == api || strings.HasPrefix(target, api+"/") {
+			return fmt.Errorf("bind target %s: %s is the container's own and holds its masks; bind somewhere else", b.Target, api)
+		}
+	}
+	source := filepath.Clean(b.Source)
+	if source == "/proc" || strings.HasPrefix(source, "/proc/") {
+		return fmt.Errorf("bind source %s: the parent's /proc leads into the parent; bind what it points at instead", b.Source)
+	}
+	return nil
+}
+
 // MaskedProc are hidden behind /dev/null (files) or an empty read-only
 // tmpfs (directories) when they exist.
 var MaskedProc = []string{"kcore", "keys", "timer_list", "sched_debug", "sysrq-trigger", "latency_stats", "timer_stats", "acpi", "scsi"}
@@ -71,6 +92,11 @@ func (r Root) Build() error {
 	// Bind sources are paths of the parent's view: take them before the
 	// staging tmpfs covers the parent's /tmp.
 	trees := make([]int, len(r.Binds))
+	for _, b := range r.Binds {
+		if err := CheckBind(b); err != nil {
+			return err
+		}
+	}
 	for i, b := range r.Binds {
 		a := attrRecursive
 		if !b.Writable {

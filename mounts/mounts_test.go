@@ -63,3 +63,25 @@ func TestMounted(t *testing.T) {
 		t.Error("Mounted(/proc, sysfs) = true")
 	}
 }
+
+func TestCheckBind(t *testing.T) {
+	tests := []struct {
+		bind Bind
+		ok   bool
+	}{
+		{Bind{Source: "/srv/data", Target: "/data"}, true},
+		{Bind{Source: "/srv", Target: "/srv/../dev/x"}, false},
+		{Bind{Source: "/srv", Target: "/proc"}, false},
+		{Bind{Source: "/srv", Target: "/sys/fs/cgroup"}, false},
+		{Bind{Source: "/srv", Target: "/devices"}, true},
+		{Bind{Source: "/srv", Target: "/"}, false},
+		{Bind{Source: "/srv", Target: "relative"}, false},
+		{Bind{Source: "/proc/1/root", Target: "/mnt"}, false},
+		{Bind{Source: "/processes", Target: "/mnt"}, true},
+	}
+	for _, tt := range tests {
+		if err := CheckBind(tt.bind); (err == nil) != tt.ok {
+			t.Errorf("CheckBind(%+v) = %v, want ok %v", tt.bind, err, tt.ok)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,13 +23,35 @@ func testPool(t *testing.T) Pool {
 	return Pool{Path: filepath.Join(t.TempDir(), "state", "idmap")}
 }
 
+// readPool returns the pool as one file would hold it: the persistent
+// leases and the one-shot leases (kept in p.Path+".run"), sorted by start.
 func readPool(t *testing.T, p Pool) string {
 	t.Helper()
-	b, err := os.ReadFile(p.Path)
-	if err != nil {
-		t.Fatal(err)
+	var leases []string
+	for _, path := range []string{p.Path, p.Path + ".run"} {
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+			if line != "" && !strings.HasPrefix(line, "#") {
+				leases = append(leases, line)
+			}
+		}
 	}
-	return string(b)
+	sort.Slice(leases, func(i, j int) bool {
+		a, _ := strconv.Atoi(strings.Fields(leases[i])[0])
+		b, _ := strconv.Atoi(strings.Fields(leases[j])[0])
+		return a < b
+	})
+	out := header
+	for _, l := range leases {
+		out += l + "\n"
+	}
+	return out
 }
 
 func writePool(t *testing.T, p Pool, s string) {
@@ -368,7 +391,7 @@ func TestPoolCorrupt(t *testing.T) {
 					t.Errorf("error = %v, want %q ... %q", err, want, tt.msg)
 				}
 			}
-			if got := readPool(t, p); got != tt.file {
+			if got, _ := os.ReadFile(p.Path); string(got) != tt.file {
 				t.Errorf("pool file changed to %q", got)
 			}
 		})
@@ -402,5 +425,35 @@ func BenchmarkAcquireExisting(b *testing.B) {
 		if _, err := p.Acquire("c50"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestTempLeasesKeepThePoolFile: one-shot leases never rewrite the
+// persistent file (no disk sync on the nest run path).
+func TestTempLeasesKeepThePoolFile(t *testing.T) {
+	p := testPool(t)
+	if _, err := p.Acquire("alice"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(p.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.AcquireTemp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Start != slot(1) {
+		t.Errorf("AcquireTemp() start = %d, want %d (alice holds slot 0)", r.Start, slot(1))
+	}
+	if err := p.Release(r.Owner); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(p.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) {
+		t.Errorf("a one-shot lease rewrote %s", p.Path)
 	}
 }
