@@ -167,6 +167,12 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if exe == "" {
 		exe = "/proc/self/exe"
 	}
+	if !c.Sandbox.PrivateUsers {
+		// Its root is ours: it gets a copy of nest it cannot write to.
+		if exe, err = sealedSelf(); err != nil {
+			return fail(err)
+		}
+	}
 	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"PATH=" + DefaultPath},
