@@ -34,6 +34,7 @@ var Types = map[string]bool{
 	"ready":    true, // child → parent: the child's supervisor is up
 	"state":    true, // child → parent: a unit changed, in Body
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree
+	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
 	"error":    true, // reply: the request failed; Error says why
 }

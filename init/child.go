@@ -26,8 +26,9 @@ import (
 // started by its parent init in fresh namespaces with the spec on the link
 // (fd 3) and the rootfs as a detached mount tree (fd 4). It builds its
 // root, then supervises the container's units as the root's PID 1 does,
-// reports ready up the link, and stops its subtree when the parent asks or
-// dies.
+// reports ready up the link, answers its parent's requests there (its
+// subtree, actions on unit paths), and stops its subtree when the parent
+// asks or dies.
 func childInit(args []string, sigs chan os.Signal) int {
 	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "nest: "+format+"\n", a...) }
 	fail := func(format string, a ...any) int {
@@ -126,28 +127,30 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if c.Kind == config.KindDaemon {
 		daemonDone = watchEnd(sup, c.Name)
 	}
+	parent := supervise.NewParentLink(link)
 	go func() {
 		if _, ok := waitSettled(sup, time.Minute); ok {
-			link.Send(&escalate.Message{Type: "ready"})
+			if err := parent.Ready(); err != nil {
+				logf("link: %v", err)
+			}
 		}
 	}()
+	// The parent asks (its subtree, actions on unit paths, shutdown); this
+	// init answers from its own supervisor.
 	requests := make(chan string, 1)
 	go func() {
-		for {
-			m, fds, err := link.Recv()
-			for _, f := range fds {
-				f.Close()
+		err := parent.Serve(sup, func(string) {
+			select {
+			case requests <- "shutdown":
+			default:
 			}
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					logf("link: %v", err)
-				}
-				requests <- "parent gone"
-				return
-			}
-			if m.Type == "shutdown" {
-				requests <- "shutdown"
-			}
+		}, logf)
+		if !errors.Is(err, io.EOF) {
+			logf("link: %v", err)
+		}
+		select {
+		case requests <- "parent gone":
+		default:
 		}
 	}()
 
@@ -167,6 +170,12 @@ func childInit(args []string, sigs chan os.Signal) int {
 		case why := <-requests:
 			return stop(why, 0)
 		case st := <-daemonDone:
+			if st.State == supervise.StateStopped {
+				// Stopped on request: the container powers off, which its
+				// parent reads as a stop, not a failure to restart.
+				stop(fmt.Sprintf("%s stopped", c.Name), 0)
+				return powerOffNamespace(logf)
+			}
 			code := 0
 			if st.ExitCode != nil {
 				code = *st.ExitCode
@@ -174,6 +183,16 @@ func childInit(args []string, sigs chan os.Signal) int {
 			return stop(fmt.Sprintf("%s %s", c.Name, st.State), code)
 		}
 	}
+}
+
+// powerOffNamespace ends this pid namespace with reboot(2): the kernel
+// kills its init with SIGINT, which the parent reads as "powered off from
+// inside". It returns only if reboot(2) is refused.
+func powerOffNamespace(logf func(string, ...any)) int {
+	unix.Sync()
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	logf("poweroff: %v", err)
+	return 0
 }
 
 // childUnits are the units a child container's init runs: a daemon's one
@@ -204,7 +223,8 @@ func childUnits(c config.Container) []supervise.Spec {
 	return specs
 }
 
-// watchEnd delivers the status of unit name once it has ended for good.
+// watchEnd delivers the status of unit name once it has ended for good:
+// exited, failed, or stopped after it had run.
 func watchEnd(sup *supervise.Supervisor, name string) <-chan supervise.Status {
 	out := make(chan supervise.Status, 1)
 	go func() {
@@ -212,7 +232,11 @@ func watchEnd(sup *supervise.Supervisor, name string) <-chan supervise.Status {
 			changed := sup.Changes()
 			if u, ok := sup.Unit(name); ok {
 				st := u.Status()
-				if st.Pid == 0 && (st.State == supervise.StateExited || st.State == supervise.StateFailed) {
+				// Stopped counts too: `nest stop web/web` ends the daemon
+				// container, which is nothing but its service.
+				ended := st.State == supervise.StateExited || st.State == supervise.StateFailed ||
+					(st.State == supervise.StateStopped && st.LastExit != "")
+				if st.Pid == 0 && ended {
 					out <- st
 					return
 				}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -23,12 +24,15 @@ Verbs that need no running init:
   --version                    print the version
 
 Verbs that talk to the nearest init's control socket:
+  ls [--tree]                  every unit (--tree: and every unit inside each container)
   status [NAME]                every unit, or one in detail
   start NAME | stop NAME | restart NAME
   logs [-f] NAME               a unit's output (-f: follow)
   reload                       re-read the config (as SIGHUP does)
   poweroff | reboot            stop everything in order, then power off or reboot
 
+NAME is a unit of this init, or a path to one inside a container: alice/dev
+is unit dev of container alice (logs only of this init's own units).
 The socket is /run/nest/nest.sock unless --socket or NEST_SOCKET say otherwise.
 Exit status: 0 done, 1 failed, 2 usage.
 `
@@ -50,6 +54,7 @@ type cliArgs struct {
 	socket string
 	json   bool
 	follow bool
+	tree   bool
 	verb   string
 	args   []string
 }
@@ -63,6 +68,8 @@ func parseCLI(args []string) (cliArgs, error) {
 			c.json = true
 		case a == "-f" || a == "--follow":
 			c.follow = true
+		case a == "--tree":
+			c.tree = true
 		case a == "--socket":
 			if i+1 >= len(args) {
 				return c, fmt.Errorf("--socket needs a path")
@@ -111,6 +118,11 @@ func cli(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
+	if c.tree && c.verb != "ls" {
+		fmt.Fprintf(stderr, "nest %s: --tree is a flag of ls\n", c.verb)
+		return 2
+	}
+
 	switch c.verb {
 	case "--version":
 		fmt.Fprintf(stdout, "nest %s\n", version)
@@ -145,6 +157,24 @@ func cli(args []string, stdout, stderr io.Writer) int {
 			return printJSON(stdout, list)
 		}
 		printTable(stdout, list)
+		return 0
+	case "ls":
+		if !need(0, "no arguments (nest status NAME shows one unit)") {
+			return 2
+		}
+		var list []supervise.Status
+		if c.tree {
+			list, err = client.Tree(ctx)
+		} else {
+			list, err = client.Units(ctx)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if c.json {
+			return printJSON(stdout, list)
+		}
+		printList(stdout, list, time.Now())
 		return 0
 	case "start", "stop", "restart":
 		if !need(1, "one unit name") {
@@ -236,6 +266,9 @@ func printTable(w io.Writer, list []supervise.Status) {
 func printDetail(w io.Writer, st supervise.Status) {
 	fmt.Fprintf(w, "%s: %s, since %s (%s ago)\n", st.Name, summary(st), st.Since.Format(time.DateTime), age(st.Since))
 	fmt.Fprintf(w, "  exec:     %s\n", strings.Join(st.Exec, " "))
+	if st.Memory != 0 {
+		fmt.Fprintf(w, "  memory:   %s\n", formatBytes(st.Memory))
+	}
 	fmt.Fprintf(w, "  restart:  %s (%d restarts)\n", st.Restart, st.Restarts)
 	if len(st.After) > 0 {
 		fmt.Fprintf(w, "  after:    %s\n", strings.Join(st.After, ", "))
@@ -258,4 +291,86 @@ func age(t time.Time) string {
 	default:
 		return d.Round(time.Hour).String()
 	}
+}
+
+// printList is the table of nest ls: one row per unit, and with a tree the
+// units inside each container below it, indented and named by their path
+// ("alice/dev"). Where a container's listing is incomplete a row says why.
+func printList(w io.Writer, list []supervise.Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tPID\tMEMORY\tUPTIME")
+	var rows func(list []supervise.Status, prefix, indent string)
+	rows = func(list []supervise.Status, prefix, indent string) {
+		for _, st := range list {
+			path := prefix + st.Name
+			pid, mem, up := "-", "-", "-"
+			if st.Pid != 0 {
+				pid = fmt.Sprint(st.Pid)
+			}
+			if st.Memory != 0 {
+				mem = formatBytes(st.Memory)
+			}
+			switch st.State {
+			case supervise.StateRunning, supervise.StateStarting, supervise.StateStopping:
+				up = uptime(now.Sub(st.Since))
+			}
+			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\n", indent, printable(path), printable(st.Kind),
+				printable(string(st.State)), pid, mem, up)
+			rows(st.Children, path+"/", indent+"  ")
+			if st.Incomplete != "" {
+				fmt.Fprintf(tw, "%s  %s/…\t-\tincomplete: %s\t-\t-\t-\n", indent, printable(path), printable(st.Incomplete))
+			}
+		}
+	}
+	rows(list, "", "")
+	tw.Flush()
+}
+
+// formatBytes writes a size with binary units as the config takes them:
+// 512B, 4.0K, 12M, 1.5G.
+func formatBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%dB", n)
+	}
+	v := float64(n)
+	unit := ""
+	for _, u := range []string{"K", "M", "G", "T", "P", "E"} {
+		v /= 1024
+		unit = u
+		if v < 1024 {
+			break
+		}
+	}
+	if v < 10 {
+		return fmt.Sprintf("%.1f%s", v, unit)
+	}
+	return fmt.Sprintf("%.0f%s", v, unit)
+}
+
+// uptime is a duration in its two largest units: 42s, 5m12s, 3h4m, 2d7h.
+func uptime(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%dm", s/3600, s/60%60)
+	default:
+		return fmt.Sprintf("%dd%dh", s/86400, s/3600%24)
+	}
+}
+
+// printable replaces what a terminal would take as a command.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, s)
 }

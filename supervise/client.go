@@ -58,17 +58,28 @@ func (c *Client) Units(ctx context.Context) ([]Status, error) {
 	return out, c.do(ctx, "GET", "/v1/units", &out)
 }
 
-// Unit returns one unit's status.
-func (c *Client) Unit(ctx context.Context, name string) (Status, error) {
-	var out Status
-	return out, c.do(ctx, "GET", "/v1/units/"+url.PathEscape(name), &out)
+// Tree lists every unit, each running container with its children
+// (Status.Children), as far down as MaxTreeDepth levels.
+func (c *Client) Tree(ctx context.Context) ([]Status, error) {
+	var out []Status
+	return out, c.do(ctx, "GET", "/v1/units?tree=1", &out)
 }
 
-// Act runs "start", "stop" or "restart" on a unit and returns its status
+// unitURL is the path of a unit: a path inside a container ("alice/dev")
+// is one segment, its slashes escaped.
+func unitURL(name string) string { return "/v1/units/" + url.PathEscape(name) }
+
+// Unit returns one unit's status; name may be a path ("alice/dev").
+func (c *Client) Unit(ctx context.Context, name string) (Status, error) {
+	var out Status
+	return out, c.do(ctx, "GET", unitURL(name), &out)
+}
+
+// Act runs "start", "stop" or "restart" on a unit (or a path) and returns its status
 // once the action has an outcome.
 func (c *Client) Act(ctx context.Context, action, name string) (Status, error) {
 	var out Status
-	return out, c.do(ctx, "POST", "/v1/units/"+url.PathEscape(name)+"/"+action, &out)
+	return out, c.do(ctx, "POST", unitURL(name)+"/"+action, &out)
 }
 
 // Power asks for "poweroff" or "reboot".
@@ -83,7 +94,7 @@ func (c *Client) Reload(ctx context.Context) error {
 
 // Logs copies a unit's log to w; with follow it streams until ctx ends.
 func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
-	path := "/v1/units/" + url.PathEscape(name) + "/logs"
+	path := unitURL(name) + "/logs"
 	if follow {
 		path += "?follow=1"
 	}

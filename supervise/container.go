@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -23,57 +22,6 @@ type ChildSpec struct {
 	// Cgroup says the child was born in a delegated cgroup v2 of its own,
 	// which it mounts and manages (limits live on its parent side).
 	Cgroup bool `json:"cgroup"`
-}
-
-// Link messages of a running child (escalate.Types).
-const (
-	msgSpec     = "spec"
-	msgReady    = "ready"
-	msgShutdown = "shutdown"
-)
-
-// ShutdownBody is the body of a shutdown message.
-type ShutdownBody struct {
-	Action string `json:"action"` // "poweroff" or "reboot"
-}
-
-// containerRun is one run of a child container, seen from the parent.
-type containerRun struct {
-	link     *escalate.Conn
-	messages chan notifyMessage // ready, as a notify socket would say it
-}
-
-// requestStop asks the child's init to stop its subtree in order.
-func (c *containerRun) requestStop() error {
-	body, _ := json.Marshal(ShutdownBody{Action: "poweroff"})
-	return c.link.Send(&escalate.Message{Type: msgShutdown, Body: body})
-}
-
-func (c *containerRun) Close() { c.link.Close() }
-
-// read turns the child's link messages into events; anything else the
-// child says is ignored, and a message that breaks the protocol ends the
-// link (the child is hostile until proven otherwise).
-func (c *containerRun) read(logf func(string, ...any), name string) {
-	defer close(c.messages)
-	for {
-		m, fds, err := c.link.Recv()
-		for _, f := range fds {
-			f.Close()
-		}
-		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
-				logf("%s: link: %v", name, err)
-			}
-			return
-		}
-		if m.Type == msgReady {
-			select {
-			case c.messages <- notifyMessage{ready: true}:
-			default:
-			}
-		}
-	}
 }
 
 // spawnContainer starts one run of a child container: nest itself as the
@@ -118,6 +66,8 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	}
 	cleanup = append(cleanup, func() { link.Close() })
 	defer childLink.Close()
+	// The child has no business sending fds up its link (LimitFDs).
+	link.LimitFDs(0)
 
 	var cg *cgroup
 	limits := sandbox.Limits{Memory: c.Memory, MemoryHigh: c.MemoryHigh, Pids: c.Pids, CPU: c.CPU}
@@ -198,8 +148,8 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		proc.Close()
 		return fail(fmt.Errorf("sending the spec: %w", err))
 	}
-	run := &containerRun{link: link, messages: make(chan notifyMessage, 4)}
-	go run.read(u.logf, c.Name)
+	run := newContainerRun(link, c.Name, u.logf)
+	go run.read()
 	return proc, run, cg, nil
 }
 

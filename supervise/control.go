@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -114,6 +115,14 @@ func (c *Control) serveConn(conn net.Conn) {
 // route dispatches /v1/... requests. See docs/control-api.md.
 func (c *Control) route(w *reply, r *request) {
 	parts := strings.Split(strings.Trim(r.path, "/"), "/")
+	for i, p := range parts {
+		un, err := url.PathUnescape(p)
+		if err != nil {
+			w.error(400, fmt.Errorf("path %s: %w", r.path, err))
+			return
+		}
+		parts[i] = un
+	}
 	if len(parts) < 2 || parts[0] != "v1" {
 		w.error(404, fmt.Errorf("no such path %s (the API is under /v1/)", r.path))
 		return
@@ -141,14 +150,19 @@ func (c *Control) route(w *reply, r *request) {
 			})
 		}
 	case len(parts) == 2 && parts[1] == "units":
-		if want("GET") {
-			units := c.Sup.Units()
-			out := make([]Status, 0, len(units))
-			for _, u := range units {
-				out = append(out, u.Status())
-			}
-			w.json(200, out)
+		if !want("GET") {
+			return
 		}
+		if r.query.Get("tree") == "1" {
+			w.json(200, c.Sup.Tree(r.ctx, MaxTreeDepth, TreeTimeout))
+			return
+		}
+		units := c.Sup.Units()
+		out := make([]Status, 0, len(units))
+		for _, u := range units {
+			out = append(out, u.Status())
+		}
+		w.json(200, out)
 	case len(parts) == 2 && parts[1] == "reload":
 		if !want("POST") {
 			return
@@ -176,16 +190,22 @@ func (c *Control) route(w *reply, r *request) {
 		}
 		w.json(202, map[string]string{})
 	case (len(parts) == 3 || len(parts) == 4) && parts[1] == "units":
+		action := ""
+		if len(parts) == 4 {
+			action = parts[3]
+		}
+		if strings.Contains(parts[2], "/") {
+			c.unitPath(w, r, parts[2], action, want)
+			return
+		}
 		u, ok := c.Sup.Unit(parts[2])
 		if !ok {
 			w.error(404, fmt.Errorf("no unit named %q", parts[2]))
 			return
 		}
-		action := ""
-		if len(parts) == 4 {
-			action = parts[3]
-		}
 		c.unit(w, r, u, action, want)
+	case len(parts) > 4 && parts[1] == "units":
+		w.error(404, fmt.Errorf("no such path %s (a unit inside a container is one segment with %%2F: /v1/units/alice%%2Fdev)", r.path))
 	default:
 		w.error(404, fmt.Errorf("no such path %s", r.path))
 	}
@@ -201,56 +221,57 @@ func (c *Control) unit(w *reply, r *request, u *Unit, action string, want func(s
 		if want("GET") {
 			c.logs(w, r, u)
 		}
-	case "start":
+	case "start", "restart", "stop":
 		if want("POST") {
-			c.Sup.Start(u)
-			w.json(200, c.settle(r, u, 0))
-		}
-	case "restart":
-		if want("POST") {
-			old := u.Status().Pid
-			c.Sup.Restart(u)
-			w.json(200, c.settle(r, u, old))
-		}
-	case "stop":
-		if want("POST") {
-			select {
-			case <-c.Sup.Stop(u):
-			case <-r.ctx.Done():
-			}
-			w.json(200, u.Status())
+			w.json(200, c.Sup.actLocal(r.ctx, action, u, c.StartTimeout))
 		}
 	default:
-		w.error(404, fmt.Errorf("no action %q for a unit (start, stop, restart, logs)", action))
+		w.error(404, noAction(action))
 	}
 }
 
-// settle waits until u has an outcome after a start: running (ready),
-// exited or failed, with a pid other than oldPid.
-func (c *Control) settle(r *request, u *Unit, oldPid int) Status {
-	timeout := c.StartTimeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
+// noAction is the error for an unknown action, with a hint where the
+// client meant a unit path and did not escape its slash.
+func noAction(action string) error {
+	if validName(action) {
+		return fmt.Errorf("no action %q for a unit (start, stop, restart, logs; a unit inside a container is one segment with %%2F: /v1/units/alice%%2Fdev)", action)
 	}
-	deadline := time.After(timeout)
-	for {
-		changed := c.Sup.Changes()
-		st := u.Status()
-		switch st.State {
-		case StateRunning:
-			if st.Pid != oldPid {
-				return st
-			}
-		case StateExited, StateFailed, StateStopped:
-			return st
+	return fmt.Errorf("no action %q for a unit (start, stop, restart, logs)", action)
+}
+
+// unitPath acts on a unit inside a container ("alice/dev"), through the
+// container's link.
+func (c *Control) unitPath(w *reply, r *request, path, action string, want func(string) bool) {
+	method := "POST"
+	switch action {
+	case "":
+		action, method = "status", "GET"
+	case "start", "stop", "restart":
+	case "logs":
+		if want("GET") {
+			w.error(501, fmt.Errorf("logs of %s: not supported yet for a unit inside a container (nest logs in its container shows them)", path))
 		}
-		select {
-		case <-changed:
-		case <-deadline:
-			return st
-		case <-r.ctx.Done():
-			return st
-		}
+		return
+	default:
+		w.error(404, noAction(action))
+		return
+	}
+	if !want(method) {
+		return
+	}
+	st, err := c.Sup.Act(r.ctx, action, path, c.StartTimeout)
+	var pe *pathError
+	switch {
+	case err == nil:
+		w.json(200, st)
+	case errors.Is(err, errNoUnit):
+		w.error(404, err)
+	case errors.Is(err, errBadPath):
+		w.error(400, err)
+	case errors.As(err, &pe):
+		w.error(409, err)
+	default:
+		w.error(500, err)
 	}
 }
 

@@ -1,9 +1,10 @@
 package supervise
 
 import (
+	"io"
 	"os"
-	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -30,9 +31,20 @@ func TestSealedSelf(t *testing.T) {
 		t.Error("writing the sealed copy succeeded")
 	}
 	f.Close() // an fd open for writing would make exec fail with ETXTBSY
-	// It runs: the test binary answers -test.list.
-	out, err := exec.Command(path, "-test.list", "TestSealedSelf").Output()
-	if err != nil || !strings.Contains(string(out), "TestSealedSelf") {
-		t.Errorf("exec of the sealed copy = %q, %v", out, err)
+	// It runs: the test binary answers -test.list. (Started through the
+	// package's reaper: exec.Cmd.Wait beside it would lose its status.)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := testReaper.Start([]string{path, "-test.list", "TestSealedSelf"}, &syscall.ProcAttr{Files: []uintptr{0, w.Fd(), 2}})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(r)
+	r.Close()
+	if st := wait(t, p); !st.Success() || !strings.Contains(string(out), "TestSealedSelf") {
+		t.Errorf("exec of the sealed copy = %q, %v", out, st)
 	}
 }

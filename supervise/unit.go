@@ -101,7 +101,9 @@ type Unit struct {
 	since    time.Time
 	restarts int
 	lastExit *ExitStatus
-	status   string // STATUS= from sd_notify
+	status   string        // STATUS= from sd_notify
+	cgroup   string        // the current run's cgroup directory, if it has one
+	link     *containerRun // the current run's link, for a container
 }
 
 func newUnit(s *Supervisor, spec Spec) *Unit {
@@ -253,6 +255,10 @@ func (u *Unit) run(want bool) {
 				}
 				u.mu.Lock()
 				u.pid, u.status = proc.Pid, ""
+				u.link, u.cgroup = child, ""
+				if cg != nil {
+					u.cgroup = cg.path
+				}
 				u.mu.Unlock()
 				if u.spec.Notify || child != nil {
 					u.logf("%s: started (pid %d), waiting for READY=1", u.spec.Name, proc.Pid)
@@ -300,6 +306,9 @@ func (u *Unit) run(want bool) {
 
 		case st := <-exitC:
 			lived := time.Since(procStart)
+			u.mu.Lock()
+			u.link, u.cgroup = nil, ""
+			u.mu.Unlock()
 			proc.Close()
 			proc, exitC, killC = nil, nil, nil
 			if notes != nil {
@@ -590,12 +599,18 @@ type Status struct {
 	Exec     []string  `json:"exec"`
 	Restart  string    `json:"restart"`
 	After    []string  `json:"after,omitempty"`
+	// Memory is the run's cgroup memory.current in bytes (0: no cgroup).
+	Memory uint64 `json:"memory,omitempty"`
+	// Children are a container's units, as its init reports them over the
+	// link (tree listings only); Incomplete says why they are missing or
+	// cut short.
+	Children   []Status `json:"children,omitempty"`
+	Incomplete string   `json:"incomplete,omitempty"`
 }
 
 // Status returns a snapshot of the unit.
 func (u *Unit) Status() Status {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	kind := "service"
 	if u.spec.Container != nil {
 		kind = string(u.spec.Container.Kind)
@@ -617,6 +632,11 @@ func (u *Unit) Status() Status {
 		st.LastExit = u.lastExit.String()
 		code := u.lastExit.ShellCode()
 		st.ExitCode = &code
+	}
+	cg := u.cgroup
+	u.mu.Unlock()
+	if cg != "" {
+		st.Memory = memoryCurrent(cg)
 	}
 	return st
 }

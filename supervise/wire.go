@@ -31,7 +31,7 @@ const (
 // request is one parsed request.
 type request struct {
 	method string
-	path   string
+	path   string // escaped, as sent
 	query  url.Values
 	ctx    context.Context // done when the client hangs up
 }
@@ -104,7 +104,8 @@ func readRequest(conn net.Conn) (*request, error) {
 		return nil, fmt.Errorf("target %q: %w", target, err)
 	}
 	conn.SetReadDeadline(time.Time{})
-	return &request{method: method, path: u.Path, query: u.Query()}, nil
+	// The path stays escaped: a unit path is one segment, "alice%2Fdev".
+	return &request{method: method, path: u.EscapedPath(), query: u.Query()}, nil
 }
 
 // watchHangup returns a context that ends when the client closes its side.

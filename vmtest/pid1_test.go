@@ -263,8 +263,9 @@ restart = "no"
 // TestPID1Containers starts daemon containers from the root's config and
 // checks them from the root and from inside (vmtest/pid1/container_test.go):
 // namespaces and id mapping, cgroup limits (a fork bomb stops at pids, a
-// memory hog is OOM-killed inside its container), the escape list, a
-// killed child init restarted, a stop that leaves nothing.
+// memory hog is OOM-killed inside its container), the escape list, nest ls
+// --tree through the links, a killed child init restarted, a stop that
+// leaves nothing.
 func TestPID1Containers(t *testing.T) {
 	t.Parallel()
 	vm := &VM{

@@ -3,6 +3,7 @@
 package pid1
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -181,12 +182,87 @@ func TestContainersForkBomb(t *testing.T) {
 }
 
 func TestContainersOOM(t *testing.T) {
+	// The hog may be killed, and its cgroup gone with it, before this test
+	// looks: memory.events is hierarchical, so its parent's counts it too.
+	// (Only the hog has a memory limit it can reach.)
 	until(t, 60*time.Second, "the hog's OOM kill", func() bool {
-		ev, err := os.ReadFile("/sys/fs/cgroup/containers/hog/memory.events")
-		return err == nil && !strings.Contains(string(ev), "oom_kill 0")
+		for _, dir := range []string{"/sys/fs/cgroup/containers/hog", "/sys/fs/cgroup/containers"} {
+			ev, err := os.ReadFile(dir + "/memory.events")
+			if err == nil && !strings.Contains(string(ev), "oom_kill 0") {
+				return true
+			}
+		}
+		return false
 	})
 	if st := status(t, "web"); st.State != supervise.StateRunning {
 		t.Errorf("web = %s after the hog's OOM", st.State)
+	}
+}
+
+// TestContainersLs: nest ls --tree reaches each container's own unit
+// through its link, with the memory of the container's cgroup and of the
+// unit's cgroup inside it, and status, stop and start take a unit path.
+func TestContainersLs(t *testing.T) {
+	find := func(list []supervise.Status, name string) *supervise.Status {
+		for i := range list {
+			if list[i].Name == name {
+				return &list[i]
+			}
+		}
+		return nil
+	}
+	var list []supervise.Status
+	until(t, 30*time.Second, "web and probe with their units in nest ls --tree --json", func() bool {
+		out, code := nest(t, "ls", "--tree", "--json")
+		list = nil
+		if code != 0 || json.Unmarshal([]byte(out), &list) != nil {
+			return false
+		}
+		for _, name := range []string{"web", "probe"} {
+			c := find(list, name)
+			if c == nil || c.State != supervise.StateRunning || len(c.Children) != 1 ||
+				c.Children[0].State != supervise.StateRunning {
+				return false
+			}
+		}
+		return true
+	})
+	for _, name := range []string{"web", "probe"} {
+		c := find(list, name)
+		if c.Kind != "daemon" || c.Memory == 0 || c.Incomplete != "" {
+			t.Errorf("%s in the tree: kind %q, memory %d, incomplete %q; want a daemon with its memory", name, c.Kind, c.Memory, c.Incomplete)
+		}
+		u := c.Children[0]
+		if u.Name != name || u.Kind != "service" || u.Pid == 0 || u.Memory == 0 {
+			t.Errorf("%s/%s in the tree: %+v; want a running service with a pid and memory", name, u.Name, u)
+		}
+		if u.Memory > c.Memory {
+			t.Errorf("%s/%s uses %d bytes, more than its whole container's %d", name, u.Name, u.Memory, c.Memory)
+		}
+	}
+
+	out, code := nest(t, "ls", "--tree")
+	if code != 0 || !strings.HasPrefix(out, "NAME") || !strings.Contains(out, "MEMORY") ||
+		!strings.Contains(out, "\n  web/web ") || !strings.Contains(out, "\n  probe/probe ") {
+		t.Errorf("nest ls --tree = %d:\n%s", code, out)
+	}
+	t.Logf("nest ls --tree:\n%s", out)
+	if out, code := nest(t, "ls"); code != 0 || strings.Contains(out, "web/web") || !strings.Contains(out, "\nweb ") {
+		t.Errorf("nest ls = %d:\n%s", code, out)
+	}
+
+	st := status(t, "web/web")
+	if st.Name != "web/web" || st.State != supervise.StateRunning || st.Memory == 0 {
+		t.Errorf("nest status web/web = %+v", st)
+	}
+	if out, code := nest(t, "status", "web"); code != 0 || !strings.Contains(out, "memory:") {
+		t.Errorf("nest status web = %d %s, want its memory", code, out)
+	}
+	if out, code := nest(t, "status", "web/nope"); code != 1 || !strings.Contains(out, `no unit named "nope"`) {
+		t.Errorf("nest status web/nope = %d %s, want 1", code, out)
+	}
+	if out, code := nest(t, "ls", "--tree", "web"); code != 2 {
+		t.Errorf("nest ls --tree web = %d %s, want 2", code, out)
 	}
 }
 
