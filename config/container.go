@@ -188,7 +188,7 @@ func equalByName[T any](a, b []T, name func(T) string, eq func(T, T) bool) bool 
 // the file system (CheckPaths) is not checked here: LoadDir checks the
 // first.
 func ParseContainer(name, file string, data []byte) (*Container, error) {
-	if !validName(name) {
+	if !ValidName(name) {
 		return nil, &Error{File: file, Msg: fmt.Sprintf("container %s: the file name is the container's name: want a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters, then .toml; rename the file", strconv.Quote(name))}
 	}
 	var tree map[string]any

@@ -16,7 +16,7 @@ func (c *Container) validate(parent *problems) {
 	v := parent.in(c.File, c.ix)
 	p := c.at
 	ctx := containerContext(c.display())
-	if !validName(c.Name) {
+	if !ValidName(c.Name) {
 		v.key([]path{p}, "%swant a name of a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters", ctx)
 	}
 	switch c.Kind {
@@ -63,7 +63,7 @@ func (c *Container) validate(parent *problems) {
 	case c.Hostname == c.Name:
 		// The default, or written the same: the name's problem, unless
 		// only a host name may not end in '-'.
-		if validName(c.Name) {
+		if ValidName(c.Name) {
 			v.val([]path{p.key("hostname"), p}, "%sits name is no host name (a host name does not end with '-'); set hostname", ctx)
 		}
 	default:
@@ -98,7 +98,7 @@ func (c *Container) validate(parent *problems) {
 				v.key([]path{p.key(k.key), p}, `%s%s: only a daemon container has %s; give a user container services instead, or set kind = "daemon"`, ctx, k.key, k.key)
 			}
 		}
-		if !validName(c.User) && (c.User != c.Name || validName(c.Name)) {
+		if !ValidName(c.User) && (c.User != c.Name || ValidName(c.Name)) {
 			v.val([]path{p.key("user"), p}, "%suser = %s: want a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters", ctx, strconv.Quote(c.User))
 		}
 		if !c.Sandbox.Nesting && len(c.Containers) > 0 {

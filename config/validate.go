@@ -96,7 +96,7 @@ func validateServices(v *problems, parent string, services []Service, top path) 
 		switch {
 		case s.Name == "":
 			v.val([]path{p.key("name"), p}, `%sname is missing: want a name like "web": a-z, 0-9 and '-', at most 32 characters`, ctx)
-		case !validName(s.Name):
+		case !ValidName(s.Name):
 			v.val([]path{p.key("name")}, "%sname = %s: want a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters", ctx, strconv.Quote(s.Name))
 		}
 		s.validate(v, p, ctx)
@@ -239,7 +239,7 @@ func checkLevel(v *problems, ms []member, reserved func(name string) string) {
 	first := map[string]int{} // name -> index in ms of the unit that has it
 	for i := range ms {
 		m := &ms[i]
-		if !validName(m.name) {
+		if !ValidName(m.name) {
 			continue // reported with the unit
 		}
 		if why := reserved(m.name); why != "" {
@@ -317,7 +317,7 @@ func findCycles(ms []member, first map[string]int) {
 		state[i] = done
 	}
 	for i, m := range ms {
-		if first[m.name] == i && validName(m.name) && state[i] == unseen {
+		if first[m.name] == i && ValidName(m.name) && state[i] == unseen {
 			visit(i)
 		}
 	}
@@ -342,7 +342,10 @@ func otherNames(first map[string]int, self string) string {
 }
 
 // validName reports whether s matches [a-z0-9][a-z0-9-]{0,31}.
-func validName(s string) bool {
+// ValidName reports whether s is a unit name: [a-z0-9][a-z0-9-]{0,31}.
+// Services and containers share it; so does everything that reads names a
+// child reports.
+func ValidName(s string) bool {
 	if len(s) == 0 || len(s) > 32 || s[0] == '-' {
 		return false
 	}

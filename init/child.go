@@ -35,33 +35,10 @@ func childInit(args []string, sigs chan os.Signal) int {
 		logf(format, a...)
 		return runExitError
 	}
-	if err := unix.CloseRange(5, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		return fail("close_range: %v", err)
-	}
-	link, err := escalate.NewConn(os.NewFile(3, "link"))
-	if err != nil {
-		return fail("link: %v", err)
-	}
-	link.SetDeadline(time.Now().Add(10 * time.Second))
-	m, fds, err := link.Recv()
-	for _, f := range fds {
-		f.Close()
-	}
-	if err != nil {
-		return fail("reading the spec: %v", err)
-	}
-	link.SetDeadline(time.Time{})
-	// Nothing this init holds may reach what it execs: the link came in
-	// without close-on-exec.
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		return fail("close_range: %v", err)
-	}
 	var spec supervise.ChildSpec
-	if m.Type != "spec" {
-		return fail("link: want a spec, got %q", m.Type)
-	}
-	if err := escalate.DecodeBody(m, &spec); err != nil {
-		return fail("spec: %v", err)
+	link, err := receiveSpec(&spec)
+	if err != nil {
+		return fail("%v", err)
 	}
 	c := spec.Container
 
@@ -183,6 +160,41 @@ func childInit(args []string, sigs chan os.Signal) int {
 			return stop(fmt.Sprintf("%s %s", c.Name, st.State), code)
 		}
 	}
+}
+
+// receiveSpec takes over the link (fd 3) an init of a sandbox or child
+// container was started with, reads the spec its parent sends first into
+// v, and makes every fd this process holds close-on-exec: the link and the
+// rootfs (fd 4) came in without it, and nothing this init holds may reach
+// what it execs.
+func receiveSpec(v any) (*escalate.Conn, error) {
+	if err := unix.CloseRange(5, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("close_range: %w", err)
+	}
+	link, err := escalate.NewConn(os.NewFile(3, "link"))
+	if err != nil {
+		return nil, fmt.Errorf("link: %w", err)
+	}
+	link.SetDeadline(time.Now().Add(10 * time.Second))
+	m, fds, err := link.Recv()
+	for _, f := range fds {
+		f.Close() // a spec carries none
+	}
+	if err == nil && m.Type != "spec" {
+		err = fmt.Errorf("want a spec, got %q", m.Type)
+	}
+	if err == nil {
+		err = escalate.DecodeBody(m, v)
+	}
+	if err == nil {
+		err = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	}
+	if err != nil {
+		link.Close()
+		return nil, fmt.Errorf("reading the spec: %w", err)
+	}
+	link.SetDeadline(time.Time{})
+	return link, nil
 }
 
 // powerOffNamespace ends this pid namespace with reboot(2): the kernel

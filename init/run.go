@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -198,33 +197,13 @@ func runInit(args []string, sigs chan os.Signal) int {
 		return runExitError
 	}
 	// Only stdio, the link (3) and the rootfs (4) were handed over; CMD
-	// gets stdio alone (fds of the runtime are close-on-exec already).
-	if err := unix.CloseRange(5, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		return fail("close_range: %v", err)
-	}
-	link, err := escalate.NewConn(os.NewFile(3, "link"))
-	if err != nil {
-		return fail("link: %v", err)
-	}
-	link.SetDeadline(time.Now().Add(10 * time.Second))
-	m, fds, err := link.Recv()
-	for _, f := range fds {
-		f.Close() // the spec carries none
-	}
-	if err != nil {
-		return fail("reading the spec: %v", err)
-	}
+	// gets stdio alone.
 	var spec runSpec
-	if m.Type != "spec" {
-		return fail("link: want a spec, got %q", m.Type)
-	}
-	if err := escalate.DecodeBody(m, &spec); err != nil {
-		return fail("spec: %v", err)
+	link, err := receiveSpec(&spec)
+	if err != nil {
+		return fail("%v", err)
 	}
 	link.Close()
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		return fail("close_range: %v", err)
-	}
 	if len(spec.Argv) == 0 {
 		return fail("spec: no command")
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"nest/config"
 )
 
 // APIVersion is the version of the control protocol. Every path starts with
@@ -233,7 +235,7 @@ func (c *Control) unit(w *reply, r *request, u *Unit, action string, want func(s
 // noAction is the error for an unknown action, with a hint where the
 // client meant a unit path and did not escape its slash.
 func noAction(action string) error {
-	if validName(action) {
+	if config.ValidName(action) {
 		return fmt.Errorf("no action %q for a unit (start, stop, restart, logs; a unit inside a container is one segment with %%2F: /v1/units/alice%%2Fdev)", action)
 	}
 	return fmt.Errorf("no action %q for a unit (start, stop, restart, logs)", action)

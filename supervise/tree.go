@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"nest/config"
 	"nest/escalate"
 )
 
@@ -103,7 +104,7 @@ func splitPath(path string) ([]string, error) {
 		return nil, &pathError{errBadPath, fmt.Sprintf("unit path %s is deeper than %d levels", quoteName(path), MaxTreeDepth)}
 	}
 	for _, n := range names {
-		if !validName(n) {
+		if !config.ValidName(n) {
 			return nil, &pathError{errBadPath, fmt.Sprintf("bad unit path %s: want names of [a-z0-9][a-z0-9-]{0,31} joined by /", quoteName(path))}
 		}
 	}
@@ -221,19 +222,6 @@ func memoryCurrent(dir string) uint64 {
 	return n
 }
 
-// validName reports whether s is a unit name: [a-z0-9][a-z0-9-]{0,31}.
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 32 || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
 func quoteName(s string) string {
 	if len(s) > 80 {
 		return strconv.Quote(s[:80]) + "…"
@@ -286,7 +274,7 @@ func cleanTree(list []Status, depth int, budget *int) (out []Status, dropped str
 		if *budget <= 0 {
 			return out, incompleteNodes
 		}
-		if !validName(n.Name) {
+		if !config.ValidName(n.Name) {
 			dropped = incompleteInvalid
 			continue
 		}
@@ -337,7 +325,7 @@ func cleanStatus(n Status) Status {
 	}
 	after := n.After[:0:0]
 	for _, a := range n.After {
-		if validName(a) && len(after) < maxExecArgs {
+		if config.ValidName(a) && len(after) < maxExecArgs {
 			after = append(after, a)
 		}
 	}
