@@ -121,11 +121,33 @@ func Parse(name string, data []byte) (*Config, error) {
 }
 
 // Default returns the built-in config, used when no config file exists.
+//
+// It is also the demo that `make demo` boots: a shell on the console and a
+// daemon container, "hello", that shows what a child container is
+// (`nest ls --tree`, `nest logs hello`).
 func Default() *Config {
+	sandbox, _ := DefaultSandbox(KindDaemon, SandboxLevel)
 	return &Config{
 		Source:   BuiltIn,
 		Hostname: "nest",
 		Console:  ConsoleShell,
+		Containers: []Container{{
+			Name:     "hello",
+			Kind:     KindDaemon,
+			Hostname: "hello",
+			Exec: []string{"/bin/sh", "-c",
+				"echo hello from a daemon container: $(hostname), uid $(id -u), pid $$, read-only /; " +
+					"while :; do sleep 3600; done"},
+			Rootfs:      RootfsHost,
+			Network:     NetworkNone,
+			Memory:      64 << 20,
+			Pids:        64,
+			Restart:     RestartOnFailure,
+			StopTimeout: DefaultStopTimeout,
+			StartLimit:  DefaultStartLimit,
+			Sandbox:     sandbox,
+			File:        BuiltIn,
+		}},
 	}
 }
 

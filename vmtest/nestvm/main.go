@@ -20,11 +20,12 @@ import (
 
 const motd = `
   This is nest, PID 1 of a Linux VM. Try:
-    nest status            the units of this container (this shell is "console")
-    nest --json status     the same for programs
+    nest ls --tree         the units of this container and of its children
+    nest logs hello        what the daemon container "hello" said
+    nest stop hello        and nest start hello; restart too
     cat /proc/1/cgroup     PID 1 lives in /init.scope; units in /services/NAME
     kill -HUP 1            re-read /etc/nest/nest.toml (write one: see docs/config.md)
-    nest logs NAME         a service's output; nest start|stop|restart NAME
+    nest status NAME       one unit in detail (--json for programs)
     poweroff               (or nest poweroff) an orderly shutdown
 `
 

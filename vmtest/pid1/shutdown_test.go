@@ -75,8 +75,10 @@ func TestEmergency(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "console") || !strings.Contains(out, "running") {
 		t.Errorf("nest status = %d %q, want the console shell running", code, out)
 	}
-	if lines := strings.Count(strings.TrimSpace(out), "\n"); lines != 1 {
-		t.Errorf("nest status shows %d units, want only the console:\n%s", lines, out)
+	// The built-in config: the console shell and the demo's daemon
+	// container, nothing of the broken file.
+	if lines := strings.Count(strings.TrimSpace(out), "\n"); lines != 2 || !strings.Contains(out, "hello") {
+		t.Errorf("nest status shows %d units, want the console and hello:\n%s", lines, out)
 	}
 }
 
