@@ -19,6 +19,14 @@ func (c *Container) validate(parent *problems) {
 	if !ValidName(c.Name) {
 		v.key([]path{p}, "%swant a name of a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters", ctx)
 	}
+	// Whether an after name exists is a question for the level it lives
+	// in (a containers.d file may name units of other files); its form is
+	// not.
+	for j, a := range c.After {
+		if !ValidName(a) {
+			v.val([]path{p.key("after").idx(j)}, "%safter[%d] = %s: want the name of a service or container: a-z, 0-9 and '-', at most 32 characters", ctx, j, strconv.Quote(a))
+		}
+	}
 	switch c.Kind {
 	case KindUser, KindDaemon:
 	case "":
