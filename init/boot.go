@@ -287,7 +287,7 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 // reportReady prints how long nest took from exec to every unit up.
 func (b *booter) reportReady() {
 	defer b.recoverLog("ready report")
-	if _, ok := waitSettled(b.sup, time.Minute); ok {
+	if waitSettled(b.sup, time.Minute) {
 		b.logf("all units up %d ms after start", time.Since(b.start).Milliseconds())
 	}
 	// Boot's garbage (module tables, config trees) is not needed again:
@@ -296,10 +296,9 @@ func (b *booter) reportReady() {
 	debug.FreeOSMemory()
 }
 
-// waitSettled waits until no unit is starting, waiting for a dependency or
-// restarting, and returns how long that took.
-func waitSettled(sup *supervise.Supervisor, limit time.Duration) (time.Duration, bool) {
-	start := time.Now()
+// waitSettled waits up to limit until no unit is starting, waiting for a
+// dependency or restarting, and reports whether that happened.
+func waitSettled(sup *supervise.Supervisor, limit time.Duration) bool {
 	deadline := time.After(limit)
 	for {
 		changed := sup.Changes()
@@ -311,12 +310,12 @@ func waitSettled(sup *supervise.Supervisor, limit time.Duration) (time.Duration,
 			}
 		}
 		if settled {
-			return time.Since(start), true
+			return true
 		}
 		select {
 		case <-changed:
 		case <-deadline:
-			return time.Since(start), false
+			return false
 		}
 	}
 }

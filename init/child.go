@@ -106,7 +106,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 	}
 	parent := supervise.NewParentLink(link)
 	go func() {
-		if _, ok := waitSettled(sup, time.Minute); ok {
+		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {
 				logf("link: %v", err)
 			}

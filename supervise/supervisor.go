@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
-	"sort"
 	"sync"
 
 	"nest/sandbox"
@@ -226,18 +225,6 @@ func (s *Supervisor) Shutdown() {
 	for _, u := range units {
 		u.log.Close()
 	}
-}
-
-// Names returns the unit names, sorted.
-func (s *Supervisor) Names() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	names := make([]string, 0, len(s.units))
-	for n := range s.units {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }
 
 // recoverUnit keeps a panic in one unit's goroutine from ending the init:

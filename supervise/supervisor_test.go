@@ -257,8 +257,12 @@ func TestApplyReload(t *testing.T) {
 	if _, ok := s.Unit("gone"); ok {
 		t.Error("removed unit still there")
 	}
-	if got := strings.Join(s.Names(), " "); got != "added change keep" {
-		t.Errorf("Names() = %q", got)
+	var names []string
+	for _, u := range s.Units() {
+		names = append(names, u.Name())
+	}
+	if got := strings.Join(names, " "); got != "keep change added" {
+		t.Errorf("Units() after reload = %q, want config order", got)
 	}
 }
 

@@ -570,10 +570,16 @@ func (u *Unit) copyLog(r *os.File) {
 	defer r.Close()
 	defer u.sup.recoverGoroutine("log of " + u.spec.Name)
 	buf := make([]byte, 4096)
+	reported := false
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			u.log.Write(buf[:n])
+			// Say once why the file is missing; the ring still has it all.
+			if ferr := u.log.FileError(); ferr != nil && !reported {
+				u.logf("%s: %v (nest logs still has the output)", u.spec.Name, ferr)
+				reported = true
+			}
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
