@@ -76,8 +76,14 @@ type Container struct {
 	StopTimeout time.Duration
 	StartLimit  int
 	Sandbox     Sandbox
-	Services    []Service   // [[container.NAME.service]]: services inside it
-	Containers  []Container // [container.NAME.container.CHILD]: its own children
+	// Escalate is how the container may escalate into this init;
+	// PasswordHash is its password (escalate = "password"). Neither
+	// reaches the container (ForChild); neither is part of Equal: a new
+	// policy applies without a restart.
+	Escalate     Escalate
+	PasswordHash string
+	Services     []Service   // [[container.NAME.service]]: services inside it
+	Containers   []Container // [container.NAME.container.CHILD]: its own children
 	// File is the file the container was defined in (nest.toml or a
 	// containers.d file), for messages; "" when built by hand.
 	File string

@@ -158,6 +158,8 @@ func (d *decoder) container(p path, header, parent, name string, t map[string]an
 			} else {
 				d.val([]path{kp}, "%s%s = %s: want a sandbox level, one of %s", ctx, k, render(v), levelList())
 			}
+		case "escalate", "keys", "keys_file", "as", "commands", "password_hash":
+			d.escalateKey(ctx, kp, k, v, &c)
 		case "service":
 			c.Services = d.services(id, kp, subHeader(header, "service"), v)
 		case "container":

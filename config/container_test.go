@@ -207,7 +207,7 @@ func TestParseContainerErrors(t *testing.T) {
 		{"stop_timeout", user("a", `stop_timeout = "10"`), `3:16: container "a": stop_timeout = "10": want a duration like "10s", "1m30s" or "500ms"`},
 
 		// Unknown keys, at every depth.
-		{"unknown key", user("a", `escalate = "key"`), `3:1: container "a": unknown key "escalate": want one of kind, rootfs, bind, memory, memory_high, pids, cpu, restart, after, hostname, network, exec, env, dir, user, stop_timeout, start_limit, private_users, private_tmp, private_devices, protect_proc, protect_sys, no_new_privileges, nesting, level, service, container`},
+		{"unknown key", user("a", `escalation = "key"`), `3:1: container "a": unknown key "escalation": want one of kind, rootfs, bind, memory, memory_high, pids, cpu, restart, after, hostname, network, exec, env, dir, user, stop_timeout, start_limit, private_users, private_tmp, private_devices, protect_proc, protect_sys, no_new_privileges, nesting, level, escalate, keys, keys_file, as, commands, password_hash, service, container`},
 		{"unknown bind key", daemon("a", "[[container.a.bind]]", `source = "/x"`, `ro = true`), `6:1: container "a": bind[0]: unknown key "ro": want one of source, target, writable`},
 		{"unknown grandchild key", user("a", "[container.a.container.b]", "kind = \"user\"", "publish = []"), `5:1: container "a/b": unknown key "publish": want one of kind`},
 		{"unknown child service key", user("a", "[[container.a.service]]", `name = "s"`, `exec = ["/s"]`, `kind = "x"`), `6:1: service "a/s": unknown key "kind": want one of name, exec`},

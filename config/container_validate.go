@@ -113,6 +113,7 @@ func (c *Container) validate(parent *problems) {
 			v.val([]path{p.key("nesting"), p}, "%snesting = false: its containers need nesting = true", ctx)
 		}
 	}
+	c.validateEscalate(v, ctx)
 	validateStopTimeout(v, p, ctx, c.StopTimeout)
 	if c.StartLimit < 1 || c.StartLimit > MaxStartLimit {
 		v.val([]path{p.key("start_limit"), p}, "%sstart_limit = %d: want a whole number from 1 to %d", ctx, c.StartLimit, MaxStartLimit)

@@ -18,6 +18,7 @@ var (
 	containerKeys = []string{"kind", "rootfs", "bind", "memory", "memory_high", "pids", "cpu", "restart", "after",
 		"hostname", "network", "exec", "env", "dir", "user", "stop_timeout", "start_limit",
 		"private_users", "private_tmp", "private_devices", "protect_proc", "protect_sys", "no_new_privileges", "nesting", "level",
+		"escalate", "keys", "keys_file", "as", "commands", "password_hash",
 		"service", "container"}
 	bindKeys = []string{"source", "target", "writable"}
 )

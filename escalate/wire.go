@@ -37,6 +37,24 @@ var Types = map[string]bool{
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
 	"error":    true, // reply: the request failed; Error says why
+
+	// Escalation, on a child's socket (proto.go).
+	"hello":   true, // broker → client, first: Hello
+	"request": true, // client → broker: Request, with stdin, stdout and stderr unless a pty
+	"auth":    true, // client → broker: Auth
+	"wait":    true, // broker → client: Wait (confirm)
+	"started": true, // broker → client: the command runs
+	"data":    true, // both ways in a pty session: Data
+	"resize":  true, // client → broker: Size
+	"signal":  true, // client → broker: Signal
+	"eof":     true, // client → broker: stdin ended
+	"exit":    true, // broker → client, last: Exit
+
+	// Between an init and its broker (a socketpair).
+	"listen":  true, // init → broker: Listen, with the listening socket
+	"forget":  true, // init → broker: Forget
+	"pending": true, // init → broker, and the reply: []Pending
+	"decide":  true, // init → broker: Decide
 }
 
 // fields are the JSON names of Message's fields, matched exactly (encoding/json

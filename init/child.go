@@ -64,6 +64,11 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	unix.Close(4)
+	if spec.EscalationFD > 0 {
+		if err := mounts.AttachParentDir(spec.EscalationFD); err != nil {
+			logf("%v (nest escalate will not reach the parent)", err)
+		}
+	}
 
 	servicesCgroup := ""
 	if spec.Cgroup {

@@ -21,6 +21,8 @@ const usage = `usage: nest [--socket PATH] [--json] VERB [ARGS]
 
 Verbs that need no running init:
   up [-c FILE] [-- CMD ARGS]   run the services of FILE here (or CMD as an entrypoint)
+  escalate [-- CMD ARGS]       run CMD (or a shell) in the parent container, as its policy allows
+  passwd                       print a password_hash for the config
   --version                    print the version
 
 Verbs that talk to the nearest init's control socket:
@@ -30,6 +32,7 @@ Verbs that talk to the nearest init's control socket:
   logs [-f] NAME               a unit's output (-f: follow)
   reload                       re-read the config (as SIGHUP does)
   poweroff | reboot            stop everything in order, then power off or reboot
+  approve [ID] | deny ID       answer a child's escalation that waits (approve alone lists them)
 
 NAME is a unit of this init, or a path to one inside a container: alice/dev
 is unit dev of container alice (logs only of this init's own units).
@@ -209,6 +212,8 @@ func cli(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		return 0
+	case "approve", "deny":
+		return approveCmd(ctx, client, c.verb, c.args, c.json, stdout, stderr)
 	case "poweroff", "reboot":
 		if !need(0, "no arguments") {
 			return 2

@@ -9,8 +9,9 @@
 //     (`nest up -- CMD`);
 //   - CLI: every other verb talks to the nearest init's control socket.
 //
-// Hidden internal modes (reboot-helper, run-init, child-init, confine) are
-// registered in one table and checked before anything else.
+// Hidden internal modes (reboot-helper, run-init, child-init, confine,
+// escalate-broker) are registered in one table and checked before
+// anything else.
 package main
 
 import (
@@ -98,6 +99,7 @@ func init() {
 		"run-init":      runInit,
 		"child-init":    childInit,
 		"confine":       confine,
+		brokerMode:      broker,
 	}
 }
 
@@ -115,6 +117,11 @@ func run(args []string, sigs chan os.Signal) int {
 	}
 	if len(args) > 1 && args[1] == "run" {
 		return runSandbox(args[2:])
+	}
+	if len(args) > 1 {
+		if f, ok := standalone[args[1]]; ok {
+			return f(args[2:])
+		}
 	}
 	return cli(args[1:], os.Stdout, os.Stderr)
 }

@@ -22,6 +22,9 @@ type ChildSpec struct {
 	// Cgroup says the child was born in a delegated cgroup v2 of its own,
 	// which it mounts and manages (limits live on its parent side).
 	Cgroup bool `json:"cgroup"`
+	// EscalationFD, when not 0, is the fd of a detached tree of the
+	// child's escalation directory, for mounts.AttachParentDir.
+	EscalationFD int `json:"escalation_fd,omitempty"`
 }
 
 // spawnContainer starts one run of a child container: nest itself as the
@@ -123,10 +126,21 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 			return fail(err)
 		}
 	}
+	files := []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd(), uintptr(base)}
+	spec := ChildSpec{Container: c.ForChild(), Cgroup: cg != nil}
+	escDir, err := u.sup.escalationDir(c)
+	if err != nil {
+		return fail(err)
+	}
+	if escDir >= 0 {
+		defer unix.Close(escDir)
+		spec.EscalationFD = len(files)
+		files = append(files, uintptr(escDir))
+	}
 	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"PATH=" + DefaultPath},
-		Files: []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd(), uintptr(base)},
+		Files: files,
 		Sys:   sys,
 	})
 	if cg != nil {
@@ -138,7 +152,7 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	unix.Close(base)
 	go u.copyLog(logR)
 
-	body, err := json.Marshal(ChildSpec{Container: *c, Cgroup: cg != nil})
+	body, err := json.Marshal(spec)
 	if err == nil {
 		err = link.Send(&escalate.Message{Type: msgSpec, Body: body})
 	}

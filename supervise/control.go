@@ -206,6 +206,8 @@ func (c *Control) route(w *reply, r *request) {
 			return
 		}
 		c.unit(w, r, u, action, want)
+	case parts[1] == "escalations":
+		c.escalations(w, r, parts[2:], want)
 	case len(parts) > 4 && parts[1] == "units":
 		w.error(404, fmt.Errorf("no such path %s (a unit inside a container is one segment with %%2F: /v1/units/alice%%2Fdev)", r.path))
 	default:

@@ -44,6 +44,8 @@ type Supervisor struct {
 	order    []string // names in config order
 	change   chan struct{}
 	stopping bool
+
+	escalation *escalation // made at the first child container (escalation.go)
 }
 
 // New returns a supervisor with no units.
@@ -107,18 +109,22 @@ func (s *Supervisor) Apply(specs []Spec) {
 
 	s.mu.Lock()
 	var down []<-chan struct{}
+	var kept, removed []Spec
 	for name, u := range s.units {
 		sp, keep := want[name]
 		if keep && sameSpec(u.spec, sp) {
+			kept = append(kept, sp)
 			continue
 		}
 		down = append(down, u.send(opRemove))
 		delete(s.units, name)
+		removed = append(removed, u.spec)
 	}
 	s.mu.Unlock()
 	for _, d := range down {
 		<-d
 	}
+	s.applyEscalation(kept, removed)
 
 	s.mu.Lock()
 	s.order = s.order[:0]
@@ -220,6 +226,7 @@ func (s *Supervisor) Shutdown() {
 		}()
 	}
 	wg.Wait()
+	s.stopEscalation()
 	// Nothing holds a log file open on a file system that shutdown is
 	// about to unmount.
 	for _, u := range units {

@@ -1,0 +1,420 @@
+package escalate
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+)
+
+// ParentSocket is where a child container finds its parent's escalation
+// socket: a directory the parent made and bound there.
+const ParentSocket = "/run/nest/parent/sock"
+
+// Client is one `nest escalate`: it asks the parent, proves what the
+// parent's policy asks for, and runs the command there on a pty of the
+// parent (all of stdin, stdout and stderr terminals) or on its own stdin,
+// stdout and stderr, passed as they are.
+type Client struct {
+	Socket string   // default ParentSocket
+	Argv   []string // nil: the parent user's login shell
+	Stdin  *os.File
+	Stdout *os.File
+	Stderr *os.File
+	// AgentSocket is an ssh-agent's ($SSH_AUTH_SOCK); KeyFiles are tried
+	// after the agent's keys (default ~/.ssh/id_ed25519, id_ecdsa,
+	// id_rsa).
+	AgentSocket string
+	KeyFiles    []string
+	// Ask asks the user for a secret (a password, a key's passphrase)
+	// without echo; nil: no secret can be asked.
+	Ask func(prompt string) (string, error)
+	// Notify tells the user how the request goes (waiting for
+	// approval); nil: nothing is said.
+	Notify func(msg string)
+	// ForwardSignals sends SIGINT, SIGTERM, SIGHUP and SIGQUIT that this
+	// process gets to the session, and SIGWINCH as a new window size.
+	ForwardSignals bool
+	// Env is the locale and COLORTERM to pass (LANG, LANGUAGE, LC_*).
+	Env  map[string]string
+	Term string
+}
+
+// ExitError is a refusal or failure the parent reported.
+type ExitError struct{ Msg string }
+
+func (e *ExitError) Error() string { return e.Msg }
+
+// Dial connects to an escalation socket.
+func Dial(path string) (*Conn, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("escalate: socket: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("escalate: connect %s: %w", path, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("escalate: %w", err)
+	}
+	return newConn(os.NewFile(uintptr(fd), path)), nil
+}
+
+// Run asks for the escalation and returns the command's exit code (128 +
+// the signal that killed it). A refusal is an *ExitError.
+func (c *Client) Run() (int, error) {
+	path := c.Socket
+	if path == "" {
+		path = ParentSocket
+	}
+	conn, err := Dial(path)
+	if errors.Is(err, unix.ENOENT) {
+		return 1, fmt.Errorf("no parent to escalate to: %s does not exist (the root container has none)", path)
+	}
+	if err != nil {
+		return 1, err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	m, err := c.recv(conn)
+	if err != nil {
+		return 1, err
+	}
+	if m.Type != MsgHello {
+		return 1, fmt.Errorf("escalate: the parent said %s first, want hello", m.Type)
+	}
+	var h Hello
+	if err := DecodeBody(m, &h); err != nil {
+		return 1, err
+	}
+	conn.SetReadDeadline(time.Time{})
+	if h.Version != ProtocolVersion {
+		return 1, fmt.Errorf("escalate: the parent speaks version %d, this nest %d", h.Version, ProtocolVersion)
+	}
+
+	pty := isTerminal(c.Stdin) && isTerminal(c.Stdout) && isTerminal(c.Stderr)
+	q := Request{Argv: c.Argv, PTY: pty, Env: c.Env}
+	if pty {
+		q.Term = c.Term
+		if cols, rows, err := term.GetSize(int(c.Stdout.Fd())); err == nil {
+			q.Rows, q.Cols = rows, cols
+		}
+	}
+	body, err := jsonBody(q)
+	if err != nil {
+		return 1, err
+	}
+	// The proof comes first: a password is asked before anything is sent,
+	// so the request's deadline does not run while the user types.
+	var auth *Auth
+	switch h.Method {
+	case MethodKey:
+		sig, err := c.sign(&h, SignedMessage(h.Nonce, body))
+		if err != nil {
+			return 1, err
+		}
+		auth = &Auth{Signature: sig}
+	case MethodPassword:
+		if c.Ask == nil {
+			return 1, errors.New("the parent asks for a password, and there is no terminal to ask it on")
+		}
+		pw, err := c.Ask(fmt.Sprintf("[nest] password of container %s, to run as %s in the parent: ", h.Child, h.As))
+		if err != nil {
+			return 1, err
+		}
+		auth = &Auth{Password: pw}
+	}
+	var fds []*os.File
+	if !pty {
+		fds = []*os.File{c.Stdin, c.Stdout, c.Stderr}
+	}
+	if err := conn.Send(&Message{Type: MsgRequest, Body: body}, fds...); err != nil {
+		return 1, err
+	}
+	if auth != nil {
+		if err := sendBody(conn, MsgAuth, auth); err != nil {
+			return 1, err
+		}
+	}
+	for {
+		m, err := c.recv(conn)
+		if err != nil {
+			return 1, err
+		}
+		switch m.Type {
+		case MsgWait:
+			var w Wait
+			if DecodeBody(m, &w) == nil && c.Notify != nil {
+				c.Notify(fmt.Sprintf("waiting for approval: someone in the parent runs nest approve %d (or nest deny %d)", w.ID, w.ID))
+			}
+		case MsgStarted:
+			if pty {
+				return c.ptySession(conn)
+			}
+			return c.fdSession(conn)
+		default:
+			return 1, fmt.Errorf("escalate: unexpected %s from the parent", m.Type)
+		}
+	}
+}
+
+// recv reads one message; an "error" becomes an *ExitError.
+func (c *Client) recv(conn *Conn) (*Message, error) {
+	m, fds, err := conn.Recv()
+	for _, f := range fds {
+		f.Close() // the parent sends none
+	}
+	if errors.Is(err, io.EOF) {
+		return nil, errors.New("escalate: the parent hung up")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.Type == MsgError {
+		return nil, &ExitError{Msg: printableText(m.Error)}
+	}
+	return m, nil
+}
+
+// exitCode reads the exit message.
+func exitCode(m *Message) (int, error) {
+	var e Exit
+	if err := DecodeBody(m, &e); err != nil {
+		return 1, err
+	}
+	if e.Code < 0 || e.Code > 255 {
+		return 1, fmt.Errorf("escalate: exit code %d from the parent", e.Code)
+	}
+	return e.Code, nil
+}
+
+var forwarded = []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
+
+// fdSession waits for the command, which runs on this process's own
+// stdin, stdout and stderr, forwarding signals.
+func (c *Client) fdSession(conn *Conn) (int, error) {
+	sigs := make(chan os.Signal, 8)
+	if c.ForwardSignals {
+		signal.Notify(sigs, forwarded...)
+		defer signal.Stop(sigs)
+	}
+	msgs := c.messages(conn)
+	for {
+		select {
+		case sig := <-sigs:
+			if name := SignalName(sig.(unix.Signal)); name != "" {
+				sendBody(conn, MsgSignal, Signal{Name: name})
+			}
+		case r := <-msgs:
+			if r.err != nil {
+				return 1, r.err
+			}
+			if r.m.Type == MsgExit {
+				return exitCode(r.m)
+			}
+		}
+	}
+}
+
+type received struct {
+	m   *Message
+	err error
+}
+
+// messages delivers the parent's messages until an error.
+func (c *Client) messages(conn *Conn) <-chan received {
+	out := make(chan received, 16)
+	go func() {
+		for {
+			m, err := c.recv(conn)
+			out <- received{m, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// ptySession puts this terminal in raw mode and carries bytes, the
+// window size and signals to the parent's pty until the command exits.
+func (c *Client) ptySession(conn *Conn) (int, error) {
+	if old, err := term.MakeRaw(int(c.Stdin.Fd())); err == nil {
+		defer term.Restore(int(c.Stdin.Fd()), old)
+	}
+	sigs := make(chan os.Signal, 8)
+	if c.ForwardSignals {
+		signal.Notify(sigs, append([]os.Signal{unix.SIGWINCH}, forwarded...)...)
+		defer signal.Stop(sigs)
+	}
+	go func() {
+		buf := make([]byte, dataChunk)
+		for {
+			n, err := c.Stdin.Read(buf)
+			if n > 0 {
+				if sendBody(conn, MsgData, Data{Data: buf[:n]}) != nil {
+					return
+				}
+			}
+			if err != nil {
+				conn.Send(&Message{Type: MsgEOF})
+				return
+			}
+		}
+	}()
+	msgs := c.messages(conn)
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == unix.SIGWINCH {
+				if cols, rows, err := term.GetSize(int(c.Stdout.Fd())); err == nil {
+					sendBody(conn, MsgResize, Size{Rows: rows, Cols: cols})
+				}
+				continue
+			}
+			if name := SignalName(sig.(unix.Signal)); name != "" {
+				sendBody(conn, MsgSignal, Signal{Name: name})
+			}
+		case r := <-msgs:
+			if r.err != nil {
+				return 1, r.err
+			}
+			switch r.m.Type {
+			case MsgData:
+				var d Data
+				if err := DecodeBody(r.m, &d); err != nil {
+					return 1, err
+				}
+				c.Stdout.Write(d.Data)
+			case MsgExit:
+				return exitCode(r.m)
+			}
+		}
+	}
+}
+
+// Resize tells the parent a new window size of this session (for a
+// caller that does not use ForwardSignals).
+func Resize(conn *Conn, rows, cols int) error {
+	return sendBody(conn, MsgResize, Size{Rows: rows, Cols: cols})
+}
+
+func isTerminal(f *os.File) bool { return f != nil && term.IsTerminal(int(f.Fd())) }
+
+// sign makes the SSHSIG of message with a key the parent accepts: one of
+// the agent's, else one of the key files.
+func (c *Client) sign(h *Hello, message []byte) ([]byte, error) {
+	accepted := func(k ssh.PublicKey) bool {
+		return len(h.Keys) == 0 || slices.Contains(h.Keys, ssh.FingerprintSHA256(k))
+	}
+	var tried []string
+	if c.AgentSocket != "" {
+		ac, err := net.Dial("unix", c.AgentSocket)
+		if err == nil {
+			defer ac.Close()
+			ag := agent.NewClient(ac)
+			keys, err := ag.List()
+			if err != nil {
+				tried = append(tried, "the agent: "+err.Error())
+			}
+			for _, k := range keys {
+				if !accepted(k) {
+					tried = append(tried, "the agent's "+ssh.FingerprintSHA256(k))
+					continue
+				}
+				var flags agent.SignatureFlags
+				if k.Type() == ssh.KeyAlgoRSA {
+					flags = agent.SignatureFlagRsaSha512
+				}
+				return Sign(k, func(d []byte) (*ssh.Signature, error) { return ag.SignWithFlags(k, d, flags) }, SigNamespace, message)
+			}
+		} else {
+			tried = append(tried, "the agent: "+err.Error())
+		}
+	}
+	files := c.KeyFiles
+	if files == nil {
+		if home, err := os.UserHomeDir(); err == nil {
+			for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+				files = append(files, filepath.Join(home, ".ssh", n))
+			}
+		}
+	}
+	for _, f := range files {
+		signer, err := c.loadKey(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			tried = append(tried, err.Error())
+			continue
+		}
+		if !accepted(signer.PublicKey()) {
+			tried = append(tried, f+" ("+ssh.FingerprintSHA256(signer.PublicKey())+")")
+			continue
+		}
+		sign := signer.Sign
+		if as, ok := signer.(ssh.AlgorithmSigner); ok && signer.PublicKey().Type() == ssh.KeyAlgoRSA {
+			sign = func(_ io.Reader, d []byte) (*ssh.Signature, error) {
+				return as.SignWithAlgorithm(nil, d, ssh.KeyAlgoRSASHA512)
+			}
+		}
+		return Sign(signer.PublicKey(), func(d []byte) (*ssh.Signature, error) { return sign(nil, d) }, SigNamespace, message)
+	}
+	want := "the keys in its config"
+	if len(h.Keys) > 0 {
+		want = strings.Join(h.Keys, ", ")
+	}
+	if len(tried) == 0 {
+		return nil, fmt.Errorf("the parent wants a signature by one of %s, and there is no ssh-agent ($SSH_AUTH_SOCK) and no key in ~/.ssh", want)
+	}
+	return nil, fmt.Errorf("the parent wants a signature by one of %s; tried %s", want, strings.Join(tried, ", "))
+}
+
+// loadKey reads a private key file, asking for its passphrase if it has
+// one.
+func (c *Client) loadKey(path string) (ssh.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	var missing *ssh.PassphraseMissingError
+	if errors.As(err, &missing) {
+		if c.Ask == nil {
+			return nil, fmt.Errorf("%s needs a passphrase and there is no terminal to ask it on", path)
+		}
+		pass, aerr := c.Ask(fmt.Sprintf("[nest] passphrase of %s: ", path))
+		if aerr != nil {
+			return nil, aerr
+		}
+		s, err = ssh.ParsePrivateKeyWithPassphrase(b, []byte(pass))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return s, nil
+}
+
+// printableText cleans a message of the parent for the terminal.
+func printableText(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,518 @@
+package supervise
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"nest/config"
+	"nest/escalate"
+	"nest/mounts"
+)
+
+// An init's side of escalation (docs/control-api.md, "Escalation"): for
+// each child container a directory of its own, RunDir/escalate/NAME, with
+// a listening socket in it, which only that child sees (at
+// /run/nest/parent/ in it); and the broker, nest in its broker mode, which
+// serves them. The init makes the sockets and hands them over with each
+// child's policy from the config, restarts the broker if it dies, and
+// forwards nest approve and nest deny. It never reads what a child sends.
+
+// BrokerMode is the internal mode (argv[1]) of the broker process.
+const BrokerMode = "escalate-broker"
+
+// Bounds of the init's side.
+const (
+	brokerRequestTimeout = 5 * time.Second
+	brokerStopTimeout    = 2 * time.Second
+	socketBacklog        = 16
+)
+
+type escalation struct {
+	sup *Supervisor
+
+	mu       sync.Mutex
+	children map[string]*escChild
+	policies map[string]escalate.Policy // of kept containers, as the last reload said
+	broker   *brokerRun                 // nil while none runs
+	starting bool                       // a restart is scheduled
+	failures int
+	stopped  bool // Shutdown: no broker until the next start of a child
+}
+
+// escChild is one child's socket.
+type escChild struct {
+	dir    string
+	ln     *os.File // listening; the broker gets a copy
+	policy escalate.Policy
+}
+
+// brokerRun is one run of the broker process.
+type brokerRun struct {
+	proc    *Process
+	started time.Time
+	ctl     *escalate.Conn
+	mu      sync.Mutex // one request at a time; the broker sends nothing unasked
+	gone    chan struct{}
+}
+
+func (e *escalation) logf(format string, args ...any) {
+	if e.sup.opts.Logf != nil {
+		e.sup.opts.Logf(format, args...)
+	}
+}
+
+func (s *Supervisor) esc() *escalation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.escalation == nil {
+		s.escalation = &escalation{sup: s, children: make(map[string]*escChild), policies: make(map[string]escalate.Policy)}
+	}
+	return s.escalation
+}
+
+// policyOf is a child's policy as the broker takes it.
+func policyOf(c *config.Container) escalate.Policy {
+	m := c.Escalate.Method
+	if m == "" {
+		m = escalate.MethodDeny
+	}
+	return escalate.Policy{
+		Method: m, Keys: c.Escalate.Keys, KeysFile: c.Escalate.KeysFile, As: c.Escalate.As,
+		Commands: c.Escalate.Commands, PasswordHash: c.PasswordHash,
+	}
+}
+
+// escalationDir makes (or keeps) the escalation socket of container c,
+// gives it to the broker with c's policy, and returns a detached copy of
+// its directory for the child's init to attach; -1 when this supervisor
+// has no run directory.
+func (s *Supervisor) escalationDir(c *config.Container) (int, error) {
+	if s.opts.RunDir == "" {
+		return -1, nil
+	}
+	e := s.esc()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stopped = false
+	ch := e.children[c.Name]
+	switch {
+	case ch == nil:
+		var err error
+		if ch, err = newEscChild(filepath.Join(s.opts.RunDir, "escalate", c.Name)); err != nil {
+			return -1, fmt.Errorf("escalation socket: %w", err)
+		}
+		// A reload may have changed the policy since the unit's spec
+		// was made (updateEscalation); a restart of the child does not.
+		ch.policy = policyOf(c)
+		if p, ok := e.policies[c.Name]; ok {
+			ch.policy = p
+		}
+		e.children[c.Name] = ch
+		e.give(c.Name, ch)
+	case e.broker == nil:
+		e.give(c.Name, ch) // starts one, which gets every child
+	}
+	return mounts.DetachDir(ch.dir)
+}
+
+// updateEscalation gives the broker a child's new policy (a reload that
+// changed only escalation keys, which restarts nothing).
+func (s *Supervisor) updateEscalation(c *config.Container) {
+	e := s.esc()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p := policyOf(c)
+	e.policies[c.Name] = p
+	if ch := e.children[c.Name]; ch != nil {
+		if !samePolicy(ch.policy, p) {
+			ch.policy = p
+			e.give(c.Name, ch)
+		}
+	}
+}
+
+// applyEscalation follows an Apply: kept containers get their policy as
+// the new config says it (escalation keys are not part of
+// config.Container.Equal, so they restart nothing), removed ones lose
+// their socket.
+func (s *Supervisor) applyEscalation(kept, removed []Spec) {
+	for _, sp := range kept {
+		if sp.Container != nil {
+			s.updateEscalation(sp.Container)
+		}
+	}
+	for _, sp := range removed {
+		if sp.Container != nil {
+			s.forgetEscalation(sp.Name)
+		}
+	}
+}
+
+// forgetEscalation closes a removed child's socket.
+func (s *Supervisor) forgetEscalation(name string) {
+	e := s.esc()
+	e.mu.Lock()
+	ch := e.children[name]
+	delete(e.children, name)
+	delete(e.policies, name)
+	b := e.broker
+	e.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	ch.ln.Close()
+	os.RemoveAll(ch.dir)
+	if b != nil {
+		body, _ := json.Marshal(escalate.Forget{Child: name})
+		b.request(&escalate.Message{Type: escalate.MsgForget, Body: body})
+	}
+}
+
+func samePolicy(a, b escalate.Policy) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+// newEscChild makes dir (owned by this init's root, 0755: the child's
+// users may enter but not write) with a listening socket "sock" in it
+// (0666: any user of the child may connect; the broker decides).
+func newEscChild(dir string) (*escChild, error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "sock")
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
+	if err == nil {
+		err = os.Chmod(path, 0o666)
+	}
+	if err == nil {
+		err = unix.Listen(fd, socketBacklog)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &escChild{dir: dir, ln: os.NewFile(uintptr(fd), path)}, nil
+}
+
+// give sends a child's socket and policy to the broker, starting one if
+// none runs. e.mu is held.
+func (e *escalation) give(name string, ch *escChild) {
+	if e.broker == nil {
+		if !e.starting {
+			e.start()
+		}
+		return // the broker gets every child when it starts
+	}
+	if err := e.broker.listen(name, ch); err != nil {
+		e.logf("escalation: %s: %v", name, err)
+	}
+}
+
+// start starts the broker and hands it every child's socket. e.mu is
+// held. A broker that cannot start is tried again with backoff.
+func (e *escalation) start() {
+	b, err := e.spawn()
+	if err != nil {
+		e.failures++
+		e.logf("escalation broker: %v", err)
+		e.retry()
+		return
+	}
+	e.broker = b
+	for name, ch := range e.children {
+		if err := b.listen(name, ch); err != nil {
+			e.logf("escalation: %s: %v", name, err)
+		}
+	}
+	go e.watch(b)
+}
+
+// retry schedules a start after the backoff of the failures so far. e.mu
+// is held.
+func (e *escalation) retry() {
+	if e.stopped || e.starting {
+		return
+	}
+	e.starting = true
+	delay := Backoff(e.failures)
+	time.AfterFunc(delay, func() {
+		defer e.sup.recoverGoroutine("escalation broker")
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.starting = false
+		if e.broker == nil && !e.stopped && len(e.children) > 0 {
+			e.start()
+		}
+	})
+}
+
+// watch waits for the broker to end and starts another unless the init
+// stops it.
+func (e *escalation) watch(b *brokerRun) {
+	defer e.sup.recoverGoroutine("escalation broker")
+	st := <-b.proc.Done()
+	b.proc.Close()
+	b.ctl.Close()
+	close(b.gone)
+	e.removeCgroup()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.broker == b {
+		e.broker = nil
+	}
+	if e.stopped {
+		return
+	}
+	if time.Since(b.started) >= HealthyRun {
+		e.failures = 0
+	}
+	e.failures++
+	e.logf("escalation broker: %s, restarting in %s", st, Backoff(e.failures))
+	e.retry()
+}
+
+// cgroupDir is where the broker and its sessions live: beside the units,
+// under a name no unit can have.
+func (e *escalation) cgroupDir() string {
+	if e.sup.opts.Cgroups == "" {
+		return ""
+	}
+	return filepath.Join(e.sup.opts.Cgroups, "_escalate")
+}
+
+func (e *escalation) removeCgroup() {
+	if dir := e.cgroupDir(); dir != "" {
+		(&cgroup{path: dir, fd: -1}).Remove()
+	}
+}
+
+// spawn starts a broker: nest in BrokerMode, its control socketpair as fd
+// 3, the init's stderr (its console) as its own.
+func (e *escalation) spawn() (*brokerRun, error) {
+	opts := e.sup.opts
+	ctl, child, err := escalate.Pair()
+	if err != nil {
+		return nil, err
+	}
+	defer child.Close()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	defer null.Close()
+	exe := opts.Self
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
+	argv := []string{exe, BrokerMode}
+	if opts.LogDir != "" {
+		argv = append(argv, "--audit", filepath.Join(opts.LogDir, "escalate.log"))
+	}
+	sys := &syscall.SysProcAttr{Setsid: true}
+	if dir := e.cgroupDir(); dir != "" {
+		e.removeCgroup() // what a broker before left
+		if err := os.Mkdir(dir, 0o755); err == nil || errors.Is(err, os.ErrExist) {
+			if cg, err := newCgroup(filepath.Join(dir, "broker")); err == nil {
+				defer cg.closeFD()
+				sys.UseCgroupFD, sys.CgroupFD = true, cg.fd
+				argv = append(argv, "--cgroup", dir)
+			}
+		}
+	}
+	proc, err := opts.Reaper.Start(argv, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{"PATH=" + DefaultPath},
+		Files: []uintptr{null.Fd(), 2, 2, child.File().Fd()},
+		Sys:   sys,
+	})
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	ctl.LimitFDs(0) // the broker sends none
+	return &brokerRun{proc: proc, started: time.Now(), ctl: ctl, gone: make(chan struct{})}, nil
+}
+
+// request sends one request to the broker and waits for its answer.
+func (b *brokerRun) request(m *escalate.Message) (*escalate.Message, error) {
+	return b.requestFDs(m)
+}
+
+func (b *brokerRun) requestFDs(m *escalate.Message, fds ...*os.File) (*escalate.Message, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m.ID = 1
+	b.ctl.SetDeadline(time.Now().Add(brokerRequestTimeout))
+	defer b.ctl.SetDeadline(time.Time{})
+	if err := b.ctl.Send(m, fds...); err != nil {
+		return nil, fmt.Errorf("escalation broker: %w", err)
+	}
+	r, rfds, err := b.ctl.Recv()
+	for _, f := range rfds {
+		f.Close()
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// An answer that comes late would answer the next request.
+			b.proc.Signal(unix.SIGKILL)
+		}
+		return nil, fmt.Errorf("escalation broker: %w", err)
+	}
+	if r.Type == escalate.MsgError {
+		return nil, errors.New(r.Error)
+	}
+	if r.Type != m.Type {
+		return nil, fmt.Errorf("escalation broker answered %s with %s", m.Type, r.Type)
+	}
+	return r, nil
+}
+
+func (b *brokerRun) listen(name string, ch *escChild) error {
+	body, err := json.Marshal(escalate.Listen{Child: name, Policy: ch.policy})
+	if err != nil {
+		return err
+	}
+	_, err = b.requestFDs(&escalate.Message{Type: escalate.MsgListen, Body: body}, ch.ln)
+	return err
+}
+
+// stopEscalation stops the broker (Shutdown): its sessions end with it.
+// The sockets stay, for a StartAll.
+func (s *Supervisor) stopEscalation() {
+	e := s.esc()
+	e.mu.Lock()
+	e.stopped = true
+	b := e.broker
+	e.mu.Unlock()
+	if b == nil {
+		return
+	}
+	b.ctl.Close() // the broker ends when its init hangs up
+	b.proc.Signal(unix.SIGTERM)
+	select {
+	case <-b.gone:
+	case <-time.After(brokerStopTimeout):
+		b.proc.Signal(unix.SIGKILL)
+		<-b.gone
+	}
+}
+
+// ErrNoBroker: no broker runs here (no child container has started).
+var ErrNoBroker = errors.New("no escalation broker runs here: no child container has started")
+
+func (s *Supervisor) brokerNow() (*brokerRun, error) {
+	e := s.esc()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.broker == nil {
+		return nil, ErrNoBroker
+	}
+	return e.broker, nil
+}
+
+// PendingEscalations lists the requests of children waiting for nest
+// approve.
+func (s *Supervisor) PendingEscalations(ctx context.Context) ([]escalate.Pending, error) {
+	b, err := s.brokerNow()
+	if errors.Is(err, ErrNoBroker) {
+		return []escalate.Pending{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r, err := b.request(&escalate.Message{Type: escalate.MsgPending, Body: json.RawMessage("{}")})
+	if err != nil {
+		return nil, err
+	}
+	var list []escalate.Pending
+	if err := json.Unmarshal(r.Body, &list); err != nil {
+		return nil, fmt.Errorf("escalation broker: %w", err)
+	}
+	return list, nil
+}
+
+// DecideEscalation approves or denies a pending request.
+func (s *Supervisor) DecideEscalation(ctx context.Context, id uint64, approve bool) error {
+	b, err := s.brokerNow()
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(escalate.Decide{ID: id, Approve: approve})
+	_, err = b.request(&escalate.Message{Type: escalate.MsgDecide, Body: body})
+	return err
+}
+
+// escalations serves /v1/escalations (GET: the pending requests) and
+// /v1/escalations/ID/approve|deny (POST).
+func (c *Control) escalations(w *reply, r *request, rest []string, want func(string) bool) {
+	switch len(rest) {
+	case 0:
+		if !want("GET") {
+			return
+		}
+		list, err := c.Sup.PendingEscalations(r.ctx)
+		if err != nil {
+			w.error(502, err)
+			return
+		}
+		w.json(200, list)
+	case 2:
+		id, err := strconv.ParseUint(rest[0], 10, 64)
+		if err != nil || (rest[1] != "approve" && rest[1] != "deny") {
+			w.error(404, fmt.Errorf("no such path %s (want /v1/escalations/ID/approve or /deny)", r.path))
+			return
+		}
+		if !want("POST") {
+			return
+		}
+		if err := c.Sup.DecideEscalation(r.ctx, id, rest[1] == "approve"); err != nil {
+			w.error(409, err)
+			return
+		}
+		w.json(200, map[string]string{})
+	default:
+		w.error(404, fmt.Errorf("no such path %s", r.path))
+	}
+}
+
+// Escalations lists the requests of this init's children that wait for
+// nest approve.
+func (c *Client) Escalations(ctx context.Context) ([]escalate.Pending, error) {
+	var out []escalate.Pending
+	return out, c.do(ctx, "GET", "/v1/escalations", &out)
+}
+
+// DecideEscalation approves or denies the pending request id.
+func (c *Client) DecideEscalation(ctx context.Context, id uint64, approve bool) error {
+	action := "deny"
+	if approve {
+		action = "approve"
+	}
+	return c.do(ctx, "POST", fmt.Sprintf("/v1/escalations/%d/%s", id, action), nil)
+}
