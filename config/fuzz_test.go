@@ -17,6 +17,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(svc("db", `after = ["web"]`) + daemon("web", `after = ["db"]`, `bind = [{ source = "/", target = "/../x" }, { source = "/a" }]`, `memory = "1G"`, `memory_high = "2G"`, `cpu = nan`)))
 	f.Add([]byte("container = { a = { kind = \"user\", container = { b = { kind = \"daemon\", service = [{}] } } } }"))
 	f.Add([]byte("kind = \"daemon\"\nexec = [\"/x\"]\n[[bind]]\nsource = \"/x\"\n[container.c]\nkind = \"user\"\nlevel = 2\n"))
+	f.Add([]byte("[container.a]\nkind = \"user\"\nescalate = \"key\"\nkeys = [\"ssh-ed25519 AAAA x\"]\ncommands = [[\"id\", \"...\"], []]\npassword_hash = \"$y$j9T$x\"\nas = \"root\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lines := bytes.Count(data, []byte("\n")) + 1
 		c, err := Parse("f.toml", data)

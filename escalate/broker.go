@@ -36,6 +36,7 @@ var (
 	requestTimeout = 2 * time.Minute  // for the request and its proof (a password is typed)
 	confirmTimeout = 10 * time.Minute // for someone to run nest approve
 	hangupGrace    = 2 * time.Second  // between SIGHUP and SIGKILL when a client is gone
+	drainTime      = 500 * time.Millisecond
 )
 
 // Broker serves the escalation sockets of an init's children.
@@ -299,8 +300,7 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	refuse := func(r *refusal) {
 		a.Result, a.Reason = r.result, r.text
 		b.record(a)
-		conn.SetWriteDeadline(time.Now().Add(helloTimeout))
-		conn.Send(&Message{Type: MsgError, Error: r.text})
+		answer(conn, r.text)
 	}
 
 	nonce := make([]byte, NonceSize)
@@ -326,21 +326,25 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	m, fds, err := conn.Recv()
 	files = fds
 	if err != nil {
-		b.noteBroken(c, err)
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			b.noteBroken(c, pe)
+			answer(conn, pe.Error())
+		}
 		return
 	}
 	var q Request
+	// A broken request is no attempt: answered and noted, not audited.
 	if m.Type != MsgRequest {
-		b.noteBroken(c, &ProtocolError{Err: fmt.Errorf("want a request, got %s", m.Type)})
-		conn.SetWriteDeadline(time.Now().Add(helloTimeout))
-		conn.Send(&Message{Type: MsgError, Error: "want a request, got " + m.Type})
+		pe := &ProtocolError{Err: fmt.Errorf("want a request, got %s", m.Type)}
+		b.noteBroken(c, pe)
+		answer(conn, pe.Error())
 		return
 	}
 	if err := DecodeBody(m, &q); err != nil {
-		// Broken, not an attempt: answered and noted, not audited.
-		b.noteBroken(c, &ProtocolError{Err: err})
-		conn.SetWriteDeadline(time.Now().Add(helloTimeout))
-		conn.Send(&Message{Type: MsgError, Error: err.Error()})
+		pe := &ProtocolError{Err: err}
+		b.noteBroken(c, pe)
+		answer(conn, pe.Error())
 		return
 	}
 	a.Command, a.PTY = q.Argv, q.PTY
@@ -374,8 +378,7 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	if err != nil {
 		a.Result, a.Reason = "failed", err.Error()
 		b.record(a)
-		conn.SetWriteDeadline(time.Now().Add(helloTimeout))
-		conn.Send(&Message{Type: MsgError, Error: err.Error()})
+		answer(conn, err.Error())
 		return
 	}
 	a.Result, a.Reason = "exited", fmt.Sprintf("exit code %d", exit.Code)
@@ -574,9 +577,31 @@ func (b *Broker) noteBroken(c *childSocket, err error) {
 	b.mu.Unlock()
 	switch {
 	case n <= maxNotes:
-		b.Logf("escalate: %s: %v", c.name, err)
+		b.Logf("escalate: %s: %v", c.name, pe)
 	case n == maxNotes+1:
 		b.Logf("escalate: %s: more broken requests this minute are not logged", c.name)
+	}
+}
+
+// answer sends a client its refusal, then takes what it sent meanwhile
+// (a proof that followed its request) until it hangs up, for a moment:
+// closing a socket with unread packets resets the connection, and the
+// client would never read why.
+func answer(conn *Conn, text string) {
+	conn.SetWriteDeadline(time.Now().Add(helloTimeout))
+	if conn.Send(&Message{Type: MsgError, Error: text}) != nil {
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(drainTime))
+	for range 4 {
+		_, fds, err := conn.Recv()
+		for _, f := range fds {
+			f.Close()
+		}
+		var pe *ProtocolError
+		if err != nil && !errors.As(err, &pe) {
+			return
+		}
 	}
 }
 

@@ -6,17 +6,21 @@ import (
 )
 
 // Failed proofs (a wrong key or password) are limited per child: each
-// failure delays its answer (FailureDelay, doubling), MaxFailures in a row
+// failure delays its answer (failureDelay, doubling), MaxFailures in a row
 // lock the child out for Lockout, and a success or FailureWindow without
 // failures starts the count again. The state lives in the broker, never
 // in the child; a refused attempt while locked out is not checked at all,
 // so a child cannot make the parent hash passwords faster than the limit.
 const (
-	FailureDelay  = 500 * time.Millisecond
-	maxDelay      = 4 * time.Second
 	MaxFailures   = 3
 	Lockout       = 5 * time.Minute
 	FailureWindow = 15 * time.Minute
+)
+
+// The first failure's delay (a variable: tests shorten it) and the most.
+var (
+	failureDelay = 500 * time.Millisecond
+	maxDelay     = 4 * time.Second
 )
 
 type limiter struct {
@@ -45,7 +49,7 @@ func (l *limiter) fail(now time.Time) time.Duration {
 	}
 	l.failures++
 	l.last = now
-	d := FailureDelay
+	d := failureDelay
 	for i := 1; i < l.failures && d < maxDelay; i++ {
 		d *= 2
 	}

@@ -131,9 +131,19 @@ func FuzzDecode(f *testing.F) {
 		"{\"type\":\"ready\",\"error\":\"\xff\"}",
 		``,
 		`null`,
+		`{"type":"request","body":{"argv":["id","-u"],"env":{"LANG":"C.UTF-8"}}}`,
+		`{"type":"request","body":{"pty":true,"term":"xterm","rows":24,"cols":80}}`,
+		`{"type":"request","body":{"argv":[]}}`,
+		`{"type":"request","body":{"argv":["/bin/sh","-c","x"],"env":{"LD_PRELOAD":"x"}}}`,
+		`{"type":"auth","body":{"signature":"U1NIU0lH","password":"x"}}`,
+		`{"type":"data","body":{"data":"aGVsbG8="}}`,
+		`{"type":"resize","body":{"rows":-1,"cols":70000}}`,
+		`{"type":"signal","body":{"name":"INT"}}`,
+		`{"type":"listen","body":{"child":"a","policy":{"method":"key","keys":["x"]}}}`,
 	} {
 		f.Add([]byte(s))
 	}
+	policy := &Policy{Method: MethodAllow, Commands: [][]string{{"id", "-u"}, {"echo", AnyArgs}}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkKeys(b, fields) // must not panic even on input encoding/json refuses
 		checkKeys(b, nil)
@@ -150,6 +160,7 @@ func FuzzDecode(f *testing.F) {
 				Env      map[string]string `json:"env"`
 			}
 			DecodeBody(m1, &typed)
+			checkEscalationBody(t, m1, policy)
 		}
 		b2, err := json.Marshal(m1)
 		if err != nil {
@@ -181,4 +192,47 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("marshal is not a fixed point: %q then %q (%v)", b2, b3, err)
 		}
 	})
+}
+
+// checkEscalationBody decodes an escalation message's body as the broker
+// does and checks what a request turns into.
+func checkEscalationBody(t *testing.T, m *Message, policy *Policy) {
+	switch m.Type {
+	case MsgRequest:
+		var q Request
+		if DecodeBody(m, &q) != nil {
+			return
+		}
+		pl, err := checkRequest(&q, policy, "f")
+		if err != nil {
+			return
+		}
+		if len(pl.argv) == 0 || pl.argv[0] == "" || !strings.HasPrefix(pl.path, "/") {
+			t.Fatalf("request %s made plan %+v", m.Body, pl)
+		}
+		if len(q.Argv) == 0 || !allowedCommand(pl.path, q.Argv[1:], policy.Commands) {
+			t.Fatalf("request %s passed the commands rules: %+v", m.Body, pl)
+		}
+		for _, kv := range pl.env {
+			k, _, _ := strings.Cut(kv, "=")
+			switch {
+			case k == "HOME", k == "USER", k == "LOGNAME", k == "SHELL", k == "PATH", k == "NEST_ESCALATED_FROM",
+				k == "TERM", k == "LANG", k == "LANGUAGE", k == "COLORTERM", strings.HasPrefix(k, "LC_"):
+			default:
+				t.Fatalf("request %s put %s in the environment", m.Body, kv)
+			}
+			if strings.ContainsAny(kv, "/") && !strings.HasPrefix(kv, "PATH=") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "SHELL=") {
+				t.Fatalf("request %s put a path in the environment: %s", m.Body, kv)
+			}
+		}
+	case MsgAuth:
+		var a Auth
+		if DecodeBody(m, &a) == nil {
+			Verify(a.Signature, SigNamespace, []byte("m"), nil)
+		}
+	case MsgData, MsgResize, MsgSignal, MsgExit, MsgWait, MsgHello, MsgListen, MsgDecide, MsgForget:
+		for _, v := range []any{&Data{}, &Size{}, &Signal{}, &Exit{}, &Wait{}, &Hello{}, &Listen{}, &Decide{}, &Forget{}} {
+			DecodeBody(m, v)
+		}
+	}
 }
