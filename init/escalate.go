@@ -189,42 +189,8 @@ func passwdCmd(args []string) int {
 	return 0
 }
 
-// broker is the internal escalate-broker mode: the escalation sockets of
-// its init's children, handed over on fd 3, served until the init hangs
-// up.
-func broker(args []string, _ chan os.Signal) int {
-	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "nest: "+format+"\n", a...) }
-	fl := flag.NewFlagSet("nest "+brokerMode, flag.ContinueOnError)
-	auditPath := fl.String("audit", "", "audit log `file`")
-	cgroup := fl.String("cgroup", "", "cgroup v2 `dir` for sessions")
-	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
-		logf("%s: internal mode of nest, started by an init", brokerMode)
-		return 2
-	}
-	// Nothing this process holds reaches a session: the control socket
-	// came in as fd 3 without close-on-exec.
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		logf("%s: close_range: %v", brokerMode, err)
-		return 1
-	}
-	ctl, err := escalate.NewConn(os.NewFile(3, "broker control"))
-	if err != nil {
-		logf("%s: %v", brokerMode, err)
-		return 1
-	}
-	audit, err := escalate.OpenAudit(*auditPath, os.Stderr)
-	if err != nil {
-		logf("%v (attempts go to the console only)", err)
-		audit, _ = escalate.OpenAudit("", os.Stderr)
-	}
-	defer audit.Close()
-	b := &escalate.Broker{Logf: logf, Audit: audit, Cgroup: *cgroup}
-	if err := b.Serve(ctl); err != nil && !errors.Is(err, io.EOF) {
-		logf("%s: %v", brokerMode, err)
-		return 1
-	}
-	return 0
-}
+// broker is the internal escalate-broker mode.
+func broker(args []string, _ chan os.Signal) int { return supervise.RunBroker(args) }
 
 // approveCmd is nest approve [ID] and nest deny ID.
 func approveCmd(ctx context.Context, client *supervise.Client, verb string, args []string, asJSON bool, stdout, stderr io.Writer) int {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -421,6 +423,43 @@ func (s *Supervisor) stopEscalation() {
 		b.proc.Signal(unix.SIGKILL)
 		<-b.gone
 	}
+}
+
+// RunBroker is the broker process (nest BrokerMode [--audit FILE]
+// [--cgroup DIR]): it serves the escalation sockets its init hands it on
+// fd 3 until the init hangs up, logging to stderr (the init's console).
+func RunBroker(args []string) int {
+	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "nest: "+format+"\n", a...) }
+	fl := flag.NewFlagSet("nest "+BrokerMode, flag.ContinueOnError)
+	auditPath := fl.String("audit", "", "audit log `file`")
+	cgroupDir := fl.String("cgroup", "", "cgroup v2 `dir` for sessions")
+	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
+		logf("%s: an internal mode of nest, started by an init", BrokerMode)
+		return 2
+	}
+	// Nothing this process holds reaches a session: the control socket
+	// came in as fd 3 without close-on-exec.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		logf("%s: close_range: %v", BrokerMode, err)
+		return 1
+	}
+	ctl, err := escalate.NewConn(os.NewFile(3, "broker control"))
+	if err != nil {
+		logf("%s: %v", BrokerMode, err)
+		return 1
+	}
+	audit, err := escalate.OpenAudit(*auditPath, os.Stderr)
+	if err != nil {
+		logf("%v (attempts go to the console only)", err)
+		audit, _ = escalate.OpenAudit("", os.Stderr)
+	}
+	defer audit.Close()
+	b := &escalate.Broker{Logf: logf, Audit: audit, Cgroup: *cgroupDir}
+	if err := b.Serve(ctl); err != nil && !errors.Is(err, io.EOF) {
+		logf("%s: %v", BrokerMode, err)
+		return 1
+	}
+	return 0
 }
 
 // ErrNoBroker: no broker runs here (no child container has started).

@@ -17,6 +17,10 @@ import (
 var testReaper = NewReaper()
 
 func TestMain(m *testing.M) {
+	// The test binary is the escalation broker its supervisors start.
+	if len(os.Args) > 1 && os.Args[1] == BrokerMode {
+		os.Exit(RunBroker(os.Args[2:]))
+	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		fmt.Fprintln(os.Stderr, "subreaper:", err)
 		os.Exit(1)
