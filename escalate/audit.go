@@ -20,7 +20,17 @@ type Audit struct {
 	file    *os.File  // nil: console only
 	console io.Writer // nil: file only
 	now     func() time.Time
+	shown   map[string]*shown // console lines of each child this minute
 }
+
+// shown counts a child's console lines, for the limit: the file has
+// every attempt, the console at most consoleLines a minute of a child.
+type shown struct {
+	n    int
+	from time.Time
+}
+
+const consoleLines = 20
 
 // OpenAudit opens (creating) the audit log at path, "" for none, and
 // writes every record to console too, if it is not nil.
@@ -96,8 +106,24 @@ func (a *Audit) Record(e Attempt) {
 	if a.file != nil {
 		fmt.Fprintf(a.file, "%s%s\n", a.now().UTC().Format(time.RFC3339), line)
 	}
-	if a.console != nil {
+	if a.console == nil {
+		return
+	}
+	if a.shown == nil {
+		a.shown = make(map[string]*shown)
+	}
+	sh := a.shown[e.Child]
+	now := a.now()
+	if sh == nil || now.Sub(sh.from) > time.Minute {
+		sh = &shown{from: now}
+		a.shown[e.Child] = sh
+	}
+	sh.n++
+	switch {
+	case sh.n <= consoleLines:
 		fmt.Fprintf(a.console, "nest: escalate:%s\n", line)
+	case sh.n == consoleLines+1:
+		fmt.Fprintf(a.console, "nest: escalate: child=%s: more attempts this minute are in the audit log only\n", auditValue(e.Child))
 	}
 }
 

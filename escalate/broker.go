@@ -326,8 +326,7 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	m, fds, err := conn.Recv()
 	files = fds
 	if err != nil {
-		var pe *ProtocolError
-		if errors.As(err, &pe) {
+		if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
 			b.noteBroken(c, pe)
 			answer(conn, pe.Error())
 		}
@@ -347,15 +346,19 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 		answer(conn, pe.Error())
 		return
 	}
-	a.Command, a.PTY = q.Argv, q.PTY
+	var pe *ProtocolError
 	switch {
 	case q.PTY && len(files) != 0:
-		refuse(&refusal{"refused", "a request for a pty carries no fds"})
-		return
+		pe = &ProtocolError{Err: errors.New("a request for a pty carries no fds")}
 	case !q.PTY && len(files) != 3:
-		refuse(&refusal{"refused", fmt.Sprintf("a request without a pty carries stdin, stdout and stderr: got %d fds", len(files))})
+		pe = &ProtocolError{Err: fmt.Errorf("a request without a pty carries stdin, stdout and stderr: got %d fds", len(files))}
+	}
+	if pe != nil {
+		b.noteBroken(c, pe)
+		answer(conn, pe.Error())
 		return
 	}
+	a.Command, a.PTY = q.Argv, q.PTY
 	pl, err := checkRequest(&q, &pol, c.name)
 	if err != nil {
 		refuse(&refusal{"refused", err.Error()})
@@ -369,7 +372,7 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 		refuse(r)
 		return
 	}
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{}) // the session's sends set their own
 	a.Result = "allowed"
 	b.record(a)
 	stdio := files

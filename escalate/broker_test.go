@@ -517,6 +517,8 @@ func TestBrokerPassword(t *testing.T) {
 
 func TestBrokerConfirm(t *testing.T) {
 	tb := newTestBroker(t)
+	helloTimeout = 50 * time.Millisecond
+	defer func() { helloTimeout = 5 * time.Second }()
 	sock := tb.listen(t, "dave", Policy{Method: MethodConfirm})
 	for _, approve := range []bool{true, false} {
 		notes := make(chan string, 1)
@@ -547,6 +549,7 @@ func TestBrokerConfirm(t *testing.T) {
 		if !strings.Contains(tb.log.String(), fmt.Sprintf("nest approve %d, or nest deny %d", list[0].ID, list[0].ID)) {
 			t.Errorf("the console does not show the request:\n%s", tb.log)
 		}
+		time.Sleep(2 * helloTimeout) // a slow decision: no deadline of the wait may run on
 		if _, err := tb.control(t, MsgDecide, Decide{ID: list[0].ID, Approve: approve}); err != nil {
 			t.Fatal(err)
 		}

@@ -51,6 +51,10 @@ type Client struct {
 	Term string
 }
 
+// helloWait bounds the wait for the parent's first word: a broker
+// restarting, or busy on a slow machine.
+const helloWait = 30 * time.Second
+
 // ExitError is a refusal or failure the parent reported.
 type ExitError struct{ Msg string }
 
@@ -88,7 +92,7 @@ func (c *Client) Run() (int, error) {
 		return 1, err
 	}
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(helloWait))
 	m, err := c.recv(conn)
 	if err != nil {
 		return 1, err

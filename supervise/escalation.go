@@ -34,7 +34,7 @@ const BrokerMode = "escalate-broker"
 
 // Bounds of the init's side.
 const (
-	brokerRequestTimeout = 5 * time.Second
+	brokerRequestTimeout = 30 * time.Second // a broker this late is wedged
 	brokerStopTimeout    = 2 * time.Second
 	socketBacklog        = 16
 )
@@ -64,7 +64,12 @@ type brokerRun struct {
 	started time.Time
 	ctl     *escalate.Conn
 	mu      sync.Mutex // one request at a time; the broker sends nothing unasked
+	lastID  uint64
 	gone    chan struct{}
+
+	qmu   sync.Mutex // the handovers for work
+	queue []func(*brokerRun) error
+	wake  chan struct{}
 }
 
 func (e *escalation) logf(format string, args ...any) {
@@ -128,18 +133,31 @@ func (s *Supervisor) escalationDir(c *config.Container) (int, error) {
 }
 
 // updateEscalation gives the broker a child's new policy (a reload that
-// changed only escalation keys, which restarts nothing).
+// changed only escalation keys, which restarts nothing), and waits until
+// the broker has it: once a reload returns, a tighter policy holds.
 func (s *Supervisor) updateEscalation(c *config.Container) {
 	e := s.esc()
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	p := policyOf(c)
 	e.policies[c.Name] = p
-	if ch := e.children[c.Name]; ch != nil {
-		if !samePolicy(ch.policy, p) {
-			ch.policy = p
-			e.give(c.Name, ch)
-		}
+	ch := e.children[c.Name]
+	if ch == nil || samePolicy(ch.policy, p) {
+		e.mu.Unlock()
+		return
+	}
+	ch.policy = p
+	b := e.broker
+	if b == nil {
+		e.mu.Unlock()
+		return // the next broker gets it
+	}
+	done := b.handOver(c.Name, ch)
+	e.mu.Unlock()
+	select {
+	case <-done:
+	case <-b.gone:
+	case <-time.After(brokerRequestTimeout):
+		e.logf("escalation: %s: the broker has not taken the new policy yet", c.Name)
 	}
 }
 
@@ -164,20 +182,24 @@ func (s *Supervisor) applyEscalation(kept, removed []Spec) {
 func (s *Supervisor) forgetEscalation(name string) {
 	e := s.esc()
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	ch := e.children[name]
 	delete(e.children, name)
 	delete(e.policies, name)
-	b := e.broker
-	e.mu.Unlock()
 	if ch == nil {
 		return
 	}
-	ch.ln.Close()
-	os.RemoveAll(ch.dir)
-	if b != nil {
-		body, _ := json.Marshal(escalate.Forget{Child: name})
-		b.request(&escalate.Message{Type: escalate.MsgForget, Body: body})
+	os.RemoveAll(ch.dir) // nobody connects any more
+	if e.broker == nil {
+		ch.ln.Close()
+		return
 	}
+	body, _ := json.Marshal(escalate.Forget{Child: name})
+	e.broker.later(func(b *brokerRun) error {
+		defer ch.ln.Close() // after any handover queued before
+		_, err := b.request(&escalate.Message{Type: escalate.MsgForget, Body: body})
+		return err
+	})
 }
 
 func samePolicy(a, b escalate.Policy) bool {
@@ -221,8 +243,9 @@ func newEscChild(dir string) (*escChild, error) {
 	return &escChild{dir: dir, ln: os.NewFile(uintptr(fd), path)}, nil
 }
 
-// give sends a child's socket and policy to the broker, starting one if
-// none runs. e.mu is held.
+// give hands a child's socket and policy to the broker, starting one if
+// none runs. e.mu is held. The handover is queued: no start of a child
+// waits for the broker.
 func (e *escalation) give(name string, ch *escChild) {
 	if e.broker == nil {
 		if !e.starting {
@@ -230,13 +253,11 @@ func (e *escalation) give(name string, ch *escChild) {
 		}
 		return // the broker gets every child when it starts
 	}
-	if err := e.broker.listen(name, ch); err != nil {
-		e.logf("escalation: %s: %v", name, err)
-	}
+	e.broker.handOver(name, ch)
 }
 
-// start starts the broker and hands it every child's socket. e.mu is
-// held. A broker that cannot start is tried again with backoff.
+// start starts the broker and queues every child's socket for it. e.mu
+// is held. A broker that cannot start is tried again with backoff.
 func (e *escalation) start() {
 	b, err := e.spawn()
 	if err != nil {
@@ -247,10 +268,9 @@ func (e *escalation) start() {
 	}
 	e.broker = b
 	for name, ch := range e.children {
-		if err := b.listen(name, ch); err != nil {
-			e.logf("escalation: %s: %v", name, err)
-		}
+		b.handOver(name, ch)
 	}
+	go b.work(e)
 	go e.watch(b)
 }
 
@@ -358,7 +378,64 @@ func (e *escalation) spawn() (*brokerRun, error) {
 		return nil, err
 	}
 	ctl.LimitFDs(0) // the broker sends none
-	return &brokerRun{proc: proc, started: time.Now(), ctl: ctl, gone: make(chan struct{})}, nil
+	return &brokerRun{proc: proc, started: time.Now(), ctl: ctl, gone: make(chan struct{}), wake: make(chan struct{}, 1)}, nil
+}
+
+// handOver queues the child's socket and its policy as they are now; the
+// channel is closed once the broker has answered.
+func (b *brokerRun) handOver(name string, ch *escChild) <-chan struct{} {
+	body, err := json.Marshal(escalate.Listen{Child: name, Policy: ch.policy})
+	done := make(chan struct{})
+	b.later(func(b *brokerRun) error {
+		defer close(done)
+		if err != nil {
+			return err
+		}
+		_, err := b.requestFDs(&escalate.Message{Type: escalate.MsgListen, Body: body}, ch.ln)
+		return err
+	})
+	return done
+}
+
+// later queues a request for the broker's worker, in order.
+func (b *brokerRun) later(f func(*brokerRun) error) {
+	b.qmu.Lock()
+	b.queue = append(b.queue, f)
+	b.qmu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// work sends the queued requests, one after the other, until the broker
+// is gone.
+func (b *brokerRun) work(e *escalation) {
+	defer e.sup.recoverGoroutine("escalation broker requests")
+	for {
+		b.qmu.Lock()
+		q := b.queue
+		b.queue = nil
+		b.qmu.Unlock()
+		for _, f := range q {
+			if err := f(b); err != nil {
+				e.logf("escalation broker: %v", err)
+			}
+		}
+		select {
+		case <-b.wake:
+		case <-b.gone:
+			// What is left fails at once, and lets go of what it holds.
+			b.qmu.Lock()
+			q := b.queue
+			b.queue = nil
+			b.qmu.Unlock()
+			for _, f := range q {
+				f(b)
+			}
+			return
+		}
+	}
 }
 
 // request sends one request to the broker and waits for its answer.
@@ -366,42 +443,37 @@ func (b *brokerRun) request(m *escalate.Message) (*escalate.Message, error) {
 	return b.requestFDs(m)
 }
 
+// requestFDs sends a request with fds. Each request has an id of its
+// own: an answer that comes after its request gave up is skipped.
 func (b *brokerRun) requestFDs(m *escalate.Message, fds ...*os.File) (*escalate.Message, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	m.ID = 1
+	b.lastID++
+	m.ID = b.lastID
 	b.ctl.SetDeadline(time.Now().Add(brokerRequestTimeout))
 	defer b.ctl.SetDeadline(time.Time{})
 	if err := b.ctl.Send(m, fds...); err != nil {
-		return nil, fmt.Errorf("escalation broker: %w", err)
+		return nil, fmt.Errorf("%s: %w", m.Type, err)
 	}
-	r, rfds, err := b.ctl.Recv()
-	for _, f := range rfds {
-		f.Close()
-	}
-	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// An answer that comes late would answer the next request.
-			b.proc.Signal(unix.SIGKILL)
+	for {
+		r, rfds, err := b.ctl.Recv()
+		for _, f := range rfds {
+			f.Close()
 		}
-		return nil, fmt.Errorf("escalation broker: %w", err)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Type, err)
+		}
+		if r.ID != m.ID {
+			continue // the late answer to an earlier request
+		}
+		if r.Type == escalate.MsgError {
+			return nil, fmt.Errorf("%s: %s", m.Type, r.Error)
+		}
+		if r.Type != m.Type {
+			return nil, fmt.Errorf("the broker answered %s with %s", m.Type, r.Type)
+		}
+		return r, nil
 	}
-	if r.Type == escalate.MsgError {
-		return nil, errors.New(r.Error)
-	}
-	if r.Type != m.Type {
-		return nil, fmt.Errorf("escalation broker answered %s with %s", m.Type, r.Type)
-	}
-	return r, nil
-}
-
-func (b *brokerRun) listen(name string, ch *escChild) error {
-	body, err := json.Marshal(escalate.Listen{Child: name, Policy: ch.policy})
-	if err != nil {
-		return err
-	}
-	_, err = b.requestFDs(&escalate.Message{Type: escalate.MsgListen, Body: body}, ch.ln)
-	return err
 }
 
 // stopEscalation stops the broker (Shutdown): its sessions end with it.

@@ -1,0 +1,119 @@
+package vmtest
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"nest/escalate"
+)
+
+// escalateConfig is the escalate scenario: one daemon container per
+// policy, each running the guest helper "escalate", which tries nest
+// escalate from inside (vmtest/pid1/escalate_test.go); the root's tests
+// check what it reports and the root's audit log.
+const escalateConfig = `# The escalate scenario of vmtest/escalate_test.go.
+console = "none"
+
+[container.allow]
+kind     = "daemon"
+exec     = ["/tests/pid1.test"]
+env      = { NEST_GUEST_HELPER = "escalate" }
+escalate = "allow"
+restart  = "no"
+
+[container.deny]
+kind    = "daemon"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "escalate" }
+restart = "no"
+
+[container.keyed]
+kind     = "daemon"
+exec     = ["/tests/pid1.test"]
+env      = { NEST_GUEST_HELPER = "escalate" }
+escalate = "key"
+keys     = [%q]
+restart  = "no"
+
+[container.pw]
+kind          = "daemon"
+exec          = ["/tests/pid1.test"]
+env           = { NEST_GUEST_HELPER = "escalate" }
+escalate      = "password"
+password_hash = %q
+restart       = "no"
+
+[container.confirm]
+kind     = "daemon"
+exec     = ["/tests/pid1.test"]
+env      = { NEST_GUEST_HELPER = "escalate" }
+escalate = "confirm"
+restart  = "no"
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestEscalate"]
+restart = "no"
+`
+
+// testKeyPair makes an ed25519 key: its private key file (OpenSSH format)
+// and its authorized_keys line.
+func testKeyPair(t *testing.T, comment string) (private, public string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(block)), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " " + comment
+}
+
+// TestPID1Escalate: nest escalate from child containers into the root,
+// one container per policy (allow: id -u, the pid namespace, exit codes,
+// an interactive session on a pty with a resize and ^C; deny, and a flood
+// of broken packets the broker survives; key by file and by agent, and a
+// wrong key; password right, wrong, locked out; confirm by nest approve
+// and nest deny in the root), with every attempt in the audit log and on
+// the console.
+func TestPID1Escalate(t *testing.T) {
+	t.Parallel()
+	good, goodPub := testKeyPair(t, "good@test")
+	other, _ := testKeyPair(t, "other@test")
+	hash, err := escalate.HashPassword("nest-test-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{
+			config: fmt.Sprintf(escalateConfig, goodPub, hash),
+			files:  map[string]string{"/etc/nest-test/good": good, "/etc/nest-test/other": other},
+		}.image(t),
+		Memory:  1024,
+		Timeout: 5 * time.Minute,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r,
+		"nest: escalate: child=deny ",
+		"nest: escalate: child=allow ",
+		"result=allowed",
+		"nest approve 1, or nest deny 1",
+	)
+	if strings.Contains(r.Console, "escalation broker:") {
+		t.Errorf("the broker ended or failed during the run:\n%s", r.Explain())
+	}
+}
