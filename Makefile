@@ -9,8 +9,8 @@ export PATH := $(PATH):/usr/local/go/bin
 
 # Debian packages the tests and the demo need.
 DEBS = qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs util-linux
-# and the ones `make bench` compares nest run with (bench/).
-BENCH_DEBS = bubblewrap crun runc
+# and the ones `make bench` compares nest run and nest escalate with (bench/).
+BENCH_DEBS = bubblewrap crun runc sudo opendoas openssh-server openssh-client
 
 .PHONY: nest deps test vet demo bench clean
 

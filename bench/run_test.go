@@ -67,13 +67,7 @@ func BenchmarkRunTrue(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root: nest run maps an id range, the OCI runtimes run rootful")
 	}
-	n := 200
-	if v := os.Getenv("NEST_BENCH_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			b.Fatalf("NEST_BENCH_N=%q: want a positive integer", v)
-		}
-	}
+	n := benchRuns(b)
 
 	dir := b.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -177,6 +171,20 @@ func BenchmarkRunTrue(b *testing.B) {
 	report(b, n, all)
 }
 
+// benchRuns is how many times each command runs: NEST_BENCH_N, 200 by
+// default.
+func benchRuns(b *testing.B) int {
+	v := os.Getenv("NEST_BENCH_N")
+	if v == "" {
+		return 200
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("NEST_BENCH_N=%q: want a positive integer", v)
+	}
+	return n
+}
+
 // warmUp runs the command three times untimed (page cache, first-use
 // costs). When it fails from the host's mount namespace and may hide the
 // unified cgroup, it moves to the helper namespace if it works there.
@@ -265,35 +273,13 @@ func timeOnce(argv []string, devnull *os.File) (time.Duration, error) {
 type helperNS struct{ req chan func() }
 
 func newHelperNS() (*helperNS, error) {
-	ns := &helperNS{req: make(chan func())}
-	errc := make(chan error)
-	go func() {
-		// Never unlocked: when this goroutine returns, the runtime ends
-		// the thread and with it the namespace. The runtime starts new
-		// threads from a clean template thread, never from a locked one.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			errc <- fmt.Errorf("make / private: %w", err)
-			return
-		}
+	return lockedNS(func() error {
 		err := unix.Unmount(unifiedCgroup, unix.MNT_DETACH)
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errc <- fmt.Errorf("umount %s: %w", unifiedCgroup, err)
-			return
+			return fmt.Errorf("umount %s: %w", unifiedCgroup, err)
 		}
-		errc <- nil
-		for f := range ns.req {
-			f()
-		}
-	}()
-	if err := <-errc; err != nil {
-		return nil, err
-	}
-	return ns, nil
+		return nil
+	})
 }
 
 func (ns *helperNS) do(f func()) {

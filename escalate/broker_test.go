@@ -32,7 +32,7 @@ import (
 // runs real sessions as root. The client is the package's own Client, or
 // raw packets where a hostile child is played.
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sessions change credentials and cgroups")
@@ -65,7 +65,7 @@ type testBroker struct {
 	dir   string // 0755, so that a process of another user namespace can reach the sockets
 }
 
-func newTestBroker(t *testing.T) *testBroker {
+func newTestBroker(t testing.TB) *testBroker {
 	t.Helper()
 	requireRoot(t)
 	init, end := pair(t)
@@ -94,7 +94,7 @@ func newTestBroker(t *testing.T) *testBroker {
 }
 
 // control sends one request to the broker as its init does.
-func (tb *testBroker) control(t *testing.T, typ string, v any, fds ...*os.File) (*Message, error) {
+func (tb *testBroker) control(t testing.TB, typ string, v any, fds ...*os.File) (*Message, error) {
 	t.Helper()
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -115,7 +115,7 @@ func (tb *testBroker) control(t *testing.T, typ string, v any, fds ...*os.File) 
 
 // listen makes a socket for child, hands it to the broker with p and
 // returns its path.
-func (tb *testBroker) listen(t *testing.T, child string, p Policy) string {
+func (tb *testBroker) listen(t testing.TB, child string, p Policy) string {
 	t.Helper()
 	path := filepath.Join(tb.dir, child+".sock")
 	ln := listenSocket(t, path)
@@ -125,7 +125,7 @@ func (tb *testBroker) listen(t *testing.T, child string, p Policy) string {
 	return path
 }
 
-func listenSocket(t *testing.T, path string) *os.File {
+func listenSocket(t testing.TB, path string) *os.File {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
