@@ -92,6 +92,30 @@ func (c *Client) Run() (int, error) {
 		return 1, err
 	}
 	defer conn.Close()
+
+	// The request goes out at once, without waiting for the hello: a round
+	// trip less. Its proof, if the parent's method wants one, follows the
+	// hello (a signature covers the hello's nonce).
+	pty := isTerminal(c.Stdin) && isTerminal(c.Stdout) && isTerminal(c.Stderr)
+	q := Request{Argv: c.Argv, PTY: pty, Env: c.Env}
+	if pty {
+		q.Term = c.Term
+		if cols, rows, err := term.GetSize(int(c.Stdout.Fd())); err == nil {
+			q.Rows, q.Cols = rows, cols
+		}
+	}
+	body, err := jsonBody(q)
+	if err != nil {
+		return 1, err
+	}
+	var fds []*os.File
+	if !pty {
+		fds = []*os.File{c.Stdin, c.Stdout, c.Stderr}
+	}
+	if err := conn.Send(&Message{Type: MsgRequest, Body: body}, fds...); err != nil {
+		return 1, err
+	}
+
 	conn.SetReadDeadline(time.Now().Add(helloWait))
 	m, err := c.recv(conn)
 	if err != nil {
@@ -108,21 +132,6 @@ func (c *Client) Run() (int, error) {
 	if h.Version != ProtocolVersion {
 		return 1, fmt.Errorf("escalate: the parent speaks version %d, this nest %d", h.Version, ProtocolVersion)
 	}
-
-	pty := isTerminal(c.Stdin) && isTerminal(c.Stdout) && isTerminal(c.Stderr)
-	q := Request{Argv: c.Argv, PTY: pty, Env: c.Env}
-	if pty {
-		q.Term = c.Term
-		if cols, rows, err := term.GetSize(int(c.Stdout.Fd())); err == nil {
-			q.Rows, q.Cols = rows, cols
-		}
-	}
-	body, err := jsonBody(q)
-	if err != nil {
-		return 1, err
-	}
-	// The proof comes first: a password is asked before anything is sent,
-	// so the request's deadline does not run while the user types.
 	var auth *Auth
 	switch h.Method {
 	case MethodKey:
@@ -140,13 +149,6 @@ func (c *Client) Run() (int, error) {
 			return 1, err
 		}
 		auth = &Auth{Password: pw}
-	}
-	var fds []*os.File
-	if !pty {
-		fds = []*os.File{c.Stdin, c.Stdout, c.Stderr}
-	}
-	if err := conn.Send(&Message{Type: MsgRequest, Body: body}, fds...); err != nil {
-		return 1, err
 	}
 	if auth != nil {
 		if err := sendBody(conn, MsgAuth, auth); err != nil {

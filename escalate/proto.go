@@ -3,7 +3,8 @@ package escalate
 import "time"
 
 // The escalation protocol on a child's socket (docs/control-api.md,
-// "Escalation"). The broker speaks first:
+// "Escalation"). Both sides speak at once: the broker its hello, the
+// client its request.
 //
 //	broker → client  hello    Hello: the method this child must use, a fresh nonce
 //	client → broker  request  Request (+ stdin, stdout, stderr unless PTY)
