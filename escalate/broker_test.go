@@ -329,7 +329,7 @@ type testKey struct {
 	file   string
 }
 
-func newTestKey(t *testing.T, dir, name string) testKey {
+func newTestKey(t testing.TB, dir, name string) testKey {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
