@@ -71,7 +71,10 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	}()
 	s := &session{conn: conn}
 	cmd := &exec.Cmd{Path: pl.path, Args: pl.argv, Env: pl.env, Dir: pl.dir}
-	sys := &syscall.SysProcAttr{Setsid: true}
+	// Pdeathsig: where there is no cgroup to end it with, a session does
+	// not outlive its broker (the broker never ends a thread early, so
+	// the thread that started it lives as long as the broker).
+	sys := &syscall.SysProcAttr{Setsid: true, Pdeathsig: unix.SIGKILL}
 	if os.Geteuid() == 0 {
 		sys.Credential = &syscall.Credential{Uid: pl.as.uid, Gid: pl.as.gid, Groups: pl.as.groups}
 	} else if uint32(os.Geteuid()) != pl.as.uid {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"nest/escalate"
 )
 
 // TestUpEscalate: nest up on the host with daemon containers that run
@@ -165,4 +168,40 @@ func brokerPid(t *testing.T, pid int) int {
 		}
 	}
 	return 0
+}
+
+// TestPasswdAndUsage: nest passwd prints an argon2id hash of the line on
+// stdin that nest takes; nest escalate's usage errors exit 2; without a
+// parent it says so and exits 1.
+func TestPasswdAndUsage(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(nestBin, "passwd")
+	cmd.Stdin = strings.NewReader("correct horse\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nest passwd: %v", err)
+	}
+	hash := strings.TrimSpace(string(out))
+	if ok, err := escalate.VerifyPassword(hash, "correct horse"); err != nil || !ok || !strings.HasPrefix(hash, "$argon2id$") {
+		t.Errorf("nest passwd printed %q (%v, %v)", hash, ok, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  string
+		code int
+		want string
+	}{
+		{[]string{"passwd", "x"}, "", 2, "usage: nest passwd"},
+		{[]string{"escalate", "--bogus"}, "", 2, "usage: nest escalate"},
+		{[]string{"escalate", "--", "id"}, "NEST_ESCALATE_SOCKET=/nonexistent/sock", 1, "no parent to escalate to: /nonexistent/sock does not exist"},
+		{[]string{"approve", "x"}, "", 2, `"x" is not a request id`},
+		{[]string{"deny"}, "", 2, "want one request id"},
+	} {
+		cmd := exec.Command(nestBin, tc.args...)
+		cmd.Env = append(os.Environ(), tc.env)
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != tc.code || !strings.Contains(string(out), tc.want) {
+			t.Errorf("nest %v = %d %q; want %d and %q", tc.args, code, out, tc.code, tc.want)
+		}
+	}
 }
