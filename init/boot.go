@@ -271,8 +271,14 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 	for _, s := range cfg.Services {
 		specs = append(specs, supervise.Spec{Service: s})
 	}
-	for i := range cfg.Containers {
-		c := &cfg.Containers[i]
+	return append(specs, containerSpecs(cfg.Containers)...)
+}
+
+// containerSpecs are the units of an init's child containers.
+func containerSpecs(cs []config.Container) []supervise.Spec {
+	var specs []supervise.Spec
+	for i := range cs {
+		c := &cs[i]
 		specs = append(specs, supervise.Spec{
 			Service: config.Service{
 				Name: c.Name, Restart: c.Restart, After: c.After,

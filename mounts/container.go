@@ -22,8 +22,13 @@ type Root struct {
 	// Base is a detached mount tree (from CloneBase in the parent) that
 	// becomes /. The parent makes it: inside a user namespace every copied
 	// mount is locked, and a bind without the submounts is refused.
-	Base  int
-	Binds []Bind
+	Base int
+	// Overlay, when set, makes / a writable overlay instead of Base.
+	Overlay *Overlay
+	// Nesting keeps what this init's children need to build their roots:
+	// the overlay's layers and a full proc, under LayerDir, hidden.
+	Nesting bool
+	Binds   []Bind
 	// PrivateTmp mounts fresh tmpfs on /tmp, /var/tmp and /run.
 	PrivateTmp bool
 	// MinimalDev mounts a tmpfs /dev with null zero full random urandom
@@ -37,6 +42,9 @@ type Root struct {
 	// own network namespace (OwnNet); without it the parent's is bound.
 	ProtectSys bool
 	OwnNet     bool
+	// Hide covers these directories of the rootfs, where they exist, with
+	// an empty read-only tmpfs.
+	Hide []string
 }
 
 // Bind is one path of the parent shown in the container.
@@ -114,11 +122,17 @@ func (r Root) Build() error {
 		return fmt.Errorf("staging tmpfs on %s: %w", staging, err)
 	}
 	root := filepath.Join(staging, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	if err := unix.MoveMount(r.Base, "", unix.AT_FDCWD, root, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("attach the rootfs: %w", err)
+	if r.Overlay != nil {
+		if err := r.Overlay.mount(staging); err != nil {
+			return err
+		}
+	} else {
+		if err := os.Mkdir(root, 0o755); err != nil {
+			return fmt.Errorf("staging: %w", err)
+		}
+		if err := unix.MoveMount(r.Base, "", unix.AT_FDCWD, root, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("attach the rootfs: %w", err)
+		}
 	}
 	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -173,6 +187,33 @@ func (r Root) Build() error {
 			return fmt.Errorf("bind %s on %s: %w", b.Source, b.Target, err)
 		}
 	}
+	for _, p := range r.Hide {
+		err := mountIn(rootFD, p, "tmpfs", "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,mode=0755")
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("hide %s: %w", p, err)
+		}
+	}
+	if r.Overlay != nil {
+		if err := r.Overlay.bindState(rootFD); err != nil {
+			return err
+		}
+	}
+	switch {
+	case r.Nesting && r.Overlay != nil:
+		if err := r.Overlay.keepLayers(rootFD); err != nil {
+			return err
+		}
+	case r.Nesting:
+		dir, err := layerDir(rootFD)
+		if err != nil {
+			return err
+		}
+		err = hiddenProc(dir)
+		unix.Close(dir)
+		if err != nil {
+			return err
+		}
+	}
 	return pivot(root)
 }
 
@@ -180,7 +221,11 @@ func (r Root) Build() error {
 // "..", absolute symlinks and symlinks out of the root all resolve within.
 func openIn(rootFD int, path string, flags int) (int, error) {
 	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
-	fd, err := unix.Openat2(rootFD, strings.TrimPrefix(path, "/"), &how)
+	rel := strings.TrimLeft(path, "/")
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := unix.Openat2(rootFD, rel, &how)
 	if err != nil {
 		return -1, fmt.Errorf("%s in the container's root: %w", path, err)
 	}
