@@ -42,8 +42,9 @@ type Root struct {
 	// own network namespace (OwnNet); without it the parent's is bound.
 	ProtectSys bool
 	OwnNet     bool
-	// Hide covers these directories of the rootfs, where they exist, with
-	// an empty read-only tmpfs.
+	// Hide covers these directories of the rootfs with an empty read-only
+	// tmpfs where the container could reach them (one that does not exist
+	// or that the container may not search is hidden already).
 	Hide []string
 }
 
@@ -189,7 +190,7 @@ func (r Root) Build() error {
 	}
 	for _, p := range r.Hide {
 		err := mountIn(rootFD, p, "tmpfs", "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,mode=0755")
-		if err != nil && !errors.Is(err, unix.ENOENT) {
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EACCES) {
 			return fmt.Errorf("hide %s: %w", p, err)
 		}
 	}
