@@ -79,6 +79,9 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if layers == nil {
 		unix.Close(4)
 	}
+	if err := containerConsole(os.Stdout); err != nil {
+		return fail("%v", err)
+	}
 	if c.Kind == config.KindUser {
 		if err := userEtc(userName(c), hostname); err != nil {
 			return fail("%v", err)

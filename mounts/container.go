@@ -377,6 +377,13 @@ func minimalDev(rootFD int, dev string) error {
 	if err := unix.Mount("mqueue", filepath.Join(dev, "mqueue"), "mqueue", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /dev/mqueue: %w", err)
 	}
+	// The container's console: the init binds a terminal of its own here
+	// (see ConsoleTarget).
+	if f, err := os.OpenFile(filepath.Join(dev, "console"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err != nil {
+		return fmt.Errorf("/dev/console: %w", err)
+	} else {
+		f.Close()
+	}
 	links := [][2]string{{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}}
 	for _, l := range links {
 		if err := os.Symlink(l[0], filepath.Join(dev, l[1])); err != nil {

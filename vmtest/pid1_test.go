@@ -367,6 +367,9 @@ func TestPID1Nesting(t *testing.T) {
 	}
 	r := RunTest(t, vm)
 	mustContain(t, r, "nest: alice: started (pid", "nest: alice: ready")
+	if strings.Contains(r.Console, "CONSOLE-OF-ALICE") {
+		t.Error("alice's /dev/console reached the root's console")
+	}
 }
 
 func slicesContains(list []string, s string) bool {

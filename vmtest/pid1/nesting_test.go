@@ -54,6 +54,8 @@ func userProbe() int {
 	check("layers-locked", err != nil, "unmounted the cover of the layers")
 	hidden, _ := os.ReadDir("/run/.nest")
 	check("layers-hidden", len(hidden) == 0, fmt.Sprint(len(hidden), " entries"))
+	err = os.WriteFile("/dev/console", []byte("CONSOLE-OF-ALICE\n"), 0)
+	check("console", err == nil, fmt.Sprint(err))
 	var st syscall.Stat_t
 	err = syscall.Stat("/usr/bin", &st)
 	check("system-owned-by-root", err == nil && st.Uid == 0, fmt.Sprint(st.Uid, err))
@@ -133,7 +135,11 @@ func probeReport(t *testing.T, log string, min int) {
 }
 
 func TestNestingUserContainer(t *testing.T) {
-	probeReport(t, "/var/lib/nest/alice/log/probe.log", 22)
+	probeReport(t, "/var/lib/nest/alice/log/probe.log", 23)
+	// Her /dev/console feeds her log in the root, not the root's console.
+	if log := readFile(t, "/var/log/nest/alice.log"); !strings.Contains(log, "CONSOLE-OF-ALICE\n") {
+		t.Errorf("alice's console output is not in her log:\n%s", log)
+	}
 }
 
 func TestNestingDepth4Escapes(t *testing.T) {
@@ -187,7 +193,7 @@ func TestNestingStopResetStart(t *testing.T) {
 	if out, code := nest(t, "start", "alice"); code != 0 {
 		t.Fatalf("nest start alice = %d %s", code, out)
 	}
-	probeReport(t, "/var/lib/nest/alice/log/probe.log", 22)
+	probeReport(t, "/var/lib/nest/alice/log/probe.log", 23)
 }
 
 // firstID is the first host uid of the range pid's user namespace maps.
