@@ -60,7 +60,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		}
 	}
 	root := mounts.Root{
-		Base: 4, Binds: binds(c.Binds), Nesting: c.Sandbox.Nesting,
+		Base: 4, Binds: binds(c.Binds), Nesting: c.Sandbox.Nesting, Console: true,
 		PrivateTmp: c.Sandbox.PrivateTmp, MinimalDev: c.Sandbox.PrivateDevices,
 		ProtectProc: c.Sandbox.ProtectProc, ProtectSys: c.Sandbox.ProtectSys,
 		OwnNet: c.Network != "host",

@@ -42,6 +42,9 @@ type Root struct {
 	// own network namespace (OwnNet); without it the parent's is bound.
 	ProtectSys bool
 	OwnNet     bool
+	// Console makes an empty /dev/console in a minimal /dev, for the init
+	// to bind a terminal of its own on.
+	Console bool
 	// Hide covers these directories of the rootfs with an empty read-only
 	// tmpfs where the container could reach them (one that does not exist
 	// or that the container may not search is hidden already).
@@ -143,7 +146,7 @@ func (r Root) Build() error {
 	in := func(p string) string { return filepath.Join(root, p) }
 
 	if r.MinimalDev {
-		if err := minimalDev(rootFD, in("/dev")); err != nil {
+		if err := minimalDev(rootFD, in("/dev"), r.Console); err != nil {
 			return err
 		}
 	} else if err := bindInto(rootFD, "/dev", "/dev", attrDev); err != nil {
@@ -349,7 +352,7 @@ func detachedTree(source string, a attrs) (int, error) {
 func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
 // minimalDev mounts a tmpfs on /dev with the few nodes a program needs.
-func minimalDev(rootFD int, dev string) error {
+func minimalDev(rootFD int, dev string, console bool) error {
 	if err := mountIn(rootFD, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
 		return err
 	}
@@ -377,11 +380,12 @@ func minimalDev(rootFD int, dev string) error {
 	if err := unix.Mount("mqueue", filepath.Join(dev, "mqueue"), "mqueue", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /dev/mqueue: %w", err)
 	}
-	// The container's console: the init binds a terminal of its own here
-	// (see ConsoleTarget).
-	if f, err := os.OpenFile(filepath.Join(dev, "console"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err != nil {
-		return fmt.Errorf("/dev/console: %w", err)
-	} else {
+	// The container's console: its init binds a terminal here.
+	if console {
+		f, err := os.OpenFile(filepath.Join(dev, "console"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("/dev/console: %w", err)
+		}
 		f.Close()
 	}
 	links := [][2]string{{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}}
