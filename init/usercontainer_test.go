@@ -128,13 +128,26 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// Every process of alice's tree, held by pidfds (pids could be reused).
 	alice := unitAt(tree, "alice")
-	first := mappedRoot(t, alice.Pid)
+	mappedRoot(t, alice.Pid)
+	var fds []int
+	for _, pid := range append([]int{alice.Pid}, descendants(procChildren(), alice.Pid)...) {
+		if fd, err := pidfd(t, pid); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	if len(fds) < 5 {
+		t.Errorf("alice's tree has %d processes, want 5 (three inits and two services)", len(fds))
+	}
 	if out, errOut, code := nestCLI(ctx, "--socket", sock, "stop", "alice"); code != 0 {
 		t.Fatalf("nest stop alice = %d %s%s", code, out, errOut)
 	}
-	if left := processesInRange(first); len(left) > 0 {
-		t.Errorf("processes of alice's tree left after stop: %v", left)
+	for _, fd := range fds {
+		if !processGone(fd) {
+			t.Errorf("a process of alice's tree is left after stop")
+		}
+		unix.Close(fd)
 	}
 	if err := r.signal(ctx, unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -171,21 +184,4 @@ func mappedRoot(t *testing.T, pid int) int {
 		t.Fatalf("pid %d maps root to host uid %d, want a range >= 100000", pid, id)
 	}
 	return id
-}
-
-// processesInRange lists processes whose real uid is in [first, first+65536).
-func processesInRange(first int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+e.Name(), &st) == nil && int(st.Uid) >= first && int(st.Uid) < first+65536 {
-			out = append(out, pid)
-		}
-	}
-	return out
 }
