@@ -87,6 +87,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 			return fail("%v", err)
 		}
 	}
+	ownConfig(&c, logf)
 
 	servicesCgroup, containersCgroup := "", ""
 	if spec.Cgroup {

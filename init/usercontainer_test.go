@@ -43,8 +43,18 @@ func TestUpUserContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(state, unix.MNT_DETACH) })
+	// alice's own config (in her state, her /etc/nest) adds a service.
+	aliceEtc := filepath.Join(state, "alice", "etc")
+	if err := os.MkdirAll(aliceEtc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(aliceEtc), 0o711)
+	err := os.WriteFile(filepath.Join(aliceEtc, "nest.toml"), []byte("[[service]]\nname = \"extra\"\nexec = [\"/bin/sleep\", \"1000\"]\n"), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conf, sock := filepath.Join(dir, "nest.toml"), filepath.Join(dir, "nest.sock")
-	err := os.WriteFile(conf, []byte(`console = "none"
+	err = os.WriteFile(conf, []byte(`console = "none"
 
 [container.alice]
 kind = "user"
@@ -81,7 +91,7 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	}
 
 	var tree []supervise.Status
-	paths := []string{"alice", "alice/work", "alice/dev", "alice/dev/leaf", "alice/dev/leaf/leaf"}
+	paths := []string{"alice", "alice/work", "alice/extra", "alice/dev", "alice/dev/leaf", "alice/dev/leaf/leaf"}
 	for {
 		out, _, code := nestCLI(ctx, "--socket", sock, "ls", "--tree", "--json")
 		tree = nil
@@ -137,8 +147,8 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 			fds = append(fds, fd)
 		}
 	}
-	if len(fds) < 5 {
-		t.Errorf("alice's tree has %d processes, want 5 (three inits and two services)", len(fds))
+	if len(fds) < 6 {
+		t.Errorf("alice's tree has %d processes, want 6 (three inits and three services)", len(fds))
 	}
 	if out, errOut, code := nestCLI(ctx, "--socket", sock, "stop", "alice"); code != 0 {
 		t.Fatalf("nest stop alice = %d %s%s", code, out, errOut)
