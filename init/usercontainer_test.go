@@ -68,7 +68,7 @@ kind = "user"
 
 [container.alice.container.dev.container.leaf]
 kind = "daemon"
-exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
+exec = ["/bin/sh", "-c", "grep ^alice: /etc/passwd; exec sleep 1000"]
 `), 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +111,8 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	}
 
 	// What alice wrote is in her upper layer, owned by her mapped root;
-	// the host's /usr does not have it; the leaf two levels down sees it.
+	// the host's /usr does not have it. The leaf two levels down sees her
+	// layer below dev's: her passwd line, kept under dev's own.
 	upper := filepath.Join(state, "alice", "upper", "usr", "from-alice")
 	var st syscall.Stat_t
 	for syscall.Stat(upper, &st) != nil && ctx.Err() == nil {
@@ -129,11 +130,11 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	leafLog := filepath.Join(state, "alice", "lib", "dev", "log", "leaf.log")
 	for {
 		b, _ := os.ReadFile(leafLog)
-		if strings.Contains(string(b), "new") {
+		if strings.Contains(string(b), "alice:x:0:0:") {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the leaf never saw alice's file: %s = %q", leafLog, b)
+			t.Fatalf("the leaf never saw alice's layer (her passwd line): %s = %q", leafLog, b)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
