@@ -104,6 +104,10 @@ func (b *booter) bootUp() {
 		b.logf("kernel command line: %s", w)
 	}
 	b.cfgPath = b.cmdline.config
+	if b.cmdline.root != "" && mounts.InRamRoot() {
+		// Returns only if the root could not be switched to.
+		b.logf("%v; booting from the initramfs", b.switchRoot())
+	}
 
 	if err := raiseNofile(); err != nil {
 		b.logf("%v", err)

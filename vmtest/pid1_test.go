@@ -345,15 +345,8 @@ func TestPID1Nesting(t *testing.T) {
 		base.AddDir(d, 0o755)
 	}
 	dir := t.TempDir()
-	tree := filepath.Join(dir, "base")
-	if err := os.Mkdir(tree, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := base.WriteDir(tree); err != nil {
-		t.Fatal(err)
-	}
 	baseDisk, stateDisk := filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
-	if err := NewExt4ImageFrom(baseDisk, 96, tree); err != nil {
+	if err := NewExt4ImageOf(baseDisk, 96, base); err != nil {
 		t.Fatal(err)
 	}
 	if err := NewExt4Image(stateDisk, 128); err != nil {
@@ -371,6 +364,58 @@ func TestPID1Nesting(t *testing.T) {
 		t.Error("alice's /dev/console reached the root's console")
 	}
 }
+
+// TestPID1RootDisk boots the way a disk-installed system does: nest is the
+// initramfs's /init, loads the disk drivers its config lists, mounts
+// root=/dev/vda and starts again from it, with the disk's config. There /
+// is ext4, so a user container can see the machine's own root ("host")
+// through an idmapped overlay (vmtest/pid1/rootdisk_test.go).
+func TestPID1RootDisk(t *testing.T) {
+	t.Parallel()
+	nest, tests := builds(t)
+	sys := NewImage()
+	if err := sys.AddBusybox(); err != nil {
+		t.Fatal(err)
+	}
+	sys.AddFile("/tests/pid1.test", tests, 0o755)
+	sys.AddFile("/bin/nest", nest, 0o755)
+	sys.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	sys.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	sys.AddBytes("/etc/nest/nest.toml", []byte(rootDiskConfig), 0o644)
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/var/lib", "/usr/bin"} {
+		sys.AddDir(d, 0o755)
+	}
+	disk := filepath.Join(t.TempDir(), "root.img")
+	if err := NewExt4ImageOf(disk, 96, sys); err != nil {
+		t.Fatal(err)
+	}
+	initramfs := "modules = [\"virtio_pci\", \"virtio_blk\", \"ext4\"]\nconsole = \"none\"\n"
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: initramfs, modules: Ext4Modules}.image(t),
+		Disks:  []string{disk},
+		Append: []string{"root=/dev/vda"},
+		Memory: 1024,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: root=/dev/vda: ext4 mounted as /, starting again from it", "nest: alice: ready")
+}
+
+const rootDiskConfig = `# The disk's own config in the root-disk scenario of vmtest/pid1_test.go.
+console = "none"
+
+[container.alice]
+kind = "user"
+
+[[container.alice.service]]
+name = "work"
+exec = ["/bin/sh", "-c", "echo installed > /usr/from-alice; exec sleep 100000"]
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestRootDisk"]
+restart = "no"
+`
 
 func slicesContains(list []string, s string) bool {
 	for _, x := range list {
