@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
 )
 
 // sysroot is where the real root is mounted before nest moves onto it.
@@ -98,4 +97,3 @@ func (b *booter) undoRoot(err error) error {
 	unix.Unmount(sysroot, unix.MNT_DETACH)
 	return err
 }
-

@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
