@@ -64,6 +64,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	unix.Close(4)
+	shells := newShellHost(c) // before any process of the container runs
 
 	servicesCgroup := ""
 	if spec.Cgroup {
@@ -105,6 +106,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		daemonDone = watchEnd(sup, c.Name)
 	}
 	parent := supervise.NewParentLink(link)
+	parent.Shells = shells
 	go func() {
 		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {
@@ -213,20 +215,13 @@ func powerOffNamespace(logf func(string, ...any)) int {
 func childUnits(c config.Container) []supervise.Spec {
 	var specs []supervise.Spec
 	if c.Kind == config.KindDaemon {
-		confine := []string{"/proc/self/exe", "confine"}
-		if c.Sandbox.NoNewPrivileges {
-			confine = append(confine, "--nnp")
-		}
-		if !c.Sandbox.Nesting {
-			confine = append(confine, "--caps", "daemon")
-		}
 		specs = append(specs, supervise.Spec{
 			Service: config.Service{
 				Name: c.Name, Exec: c.Exec, Env: c.Env, Dir: c.Dir,
 				Restart: config.RestartNo, StopTimeout: c.StopTimeout, StartLimit: 1,
 			},
 			InheritOutput: true,
-			Confine:       confine,
+			Confine:       workloadConfine(c),
 		})
 	}
 	for _, s := range c.Services {

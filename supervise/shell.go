@@ -85,6 +85,10 @@ type ShellRequest struct {
 
 var termName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 
+// ValidTerm reports whether t may be a shell's TERM: a terminal name, at
+// most 64 letters, digits and . _ + -.
+func ValidTerm(t string) bool { return termName.MatchString(t) }
+
 // check bounds a request's command and TERM.
 func (r ShellRequest) check() error {
 	if len(r.Argv) > maxShellArgs {
@@ -103,7 +107,7 @@ func (r ShellRequest) check() error {
 	if len(r.Argv) > 0 && r.Argv[0] == "" {
 		return errors.New("an empty command")
 	}
-	if r.Term != "" && !termName.MatchString(r.Term) {
+	if r.Term != "" && !ValidTerm(r.Term) {
 		return fmt.Errorf("term %s: want letters, digits and . _ + -, at most 64", quoteName(r.Term))
 	}
 	return nil
