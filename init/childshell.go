@@ -29,7 +29,8 @@ type shellHost struct {
 	// after it built the root, before any process of the container ran:
 	// what the container does to the names under /dev later cannot
 	// redirect it.
-	pts int
+	pts    int
+	passwd string // the container's /etc/passwd
 }
 
 func newShellHost(c config.Container) *shellHost {
@@ -37,7 +38,7 @@ func newShellHost(c config.Container) *shellHost {
 	if err != nil {
 		fd = -1
 	}
-	return &shellHost{c: c, pts: fd}
+	return &shellHost{c: c, pts: fd, passwd: "/etc/passwd"}
 }
 
 func (h *shellHost) Terminal() (master, slave *os.File, err error) {
@@ -54,7 +55,7 @@ func (h *shellHost) Command(req supervise.ShellRequest) (supervise.Spec, error) 
 	user, home, shell := "root", "/root", "/bin/sh"
 	if h.c.Kind == config.KindUser {
 		user, home = h.c.User, "/home/"+h.c.User
-		if e, ok := passwdEntry("/etc/passwd", user); ok {
+		if e, ok := passwdEntry(h.passwd, user); ok {
 			if filepath.IsAbs(e.home) {
 				home = e.home
 			}
