@@ -221,3 +221,17 @@ func TestConfigAdd(t *testing.T) {
 		t.Errorf("Place of app = %q", c.Place())
 	}
 }
+
+// BenchmarkWriteFile: what the durability of `nest create` and `nest rm`
+// costs: WriteFile (two fsyncs) and RemoveFile (one) of one file.
+func BenchmarkWriteFile(b *testing.B) {
+	dir := b.TempDir()
+	for b.Loop() {
+		if err := WriteFile(dir, "web.toml", newFile); err != nil {
+			b.Fatal(err)
+		}
+		if err := RemoveFile(dir, "web.toml"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func (h *testShells) Command(req ShellRequest) (Spec, error) {
 }
 
 // serveShells plays a child init on link that opens shells with host.
-func serveShells(t *testing.T, link *escalate.Conn, sup *Supervisor, host ShellHost) {
+func serveShells(t testing.TB, link *escalate.Conn, sup *Supervisor, host ShellHost) {
 	t.Helper()
 	p := NewParentLink(link)
 	p.Shells = host
@@ -261,7 +262,7 @@ func TestShellHostileChild(t *testing.T) {
 
 // serveControl serves ctl on a control socket for the test and returns a
 // client of it, and the socket's path.
-func serveControl(t *testing.T, ctl *Control) (*Client, string) {
+func serveControl(t testing.TB, ctl *Control) (*Client, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nest.sock")
 	l, err := ListenControl(sock)
@@ -271,4 +272,51 @@ func serveControl(t *testing.T, ctl *Control) (*Client, string) {
 	go ctl.Serve(l)
 	t.Cleanup(ctl.Close)
 	return NewClient(sock), sock
+}
+
+// BenchmarkShellSession: one `nest shell PATH -- /bin/true` through the
+// control socket, from the request to the exit status, one and two links
+// down (the init at the end runs it on a new pty of this machine).
+func BenchmarkShellSession(b *testing.B) {
+	// The floor: /bin/true started and reaped by the same reaper.
+	b.Run("floor", func(b *testing.B) {
+		for b.Loop() {
+			p, err := testReaper.Start([]string{"/bin/true"}, &syscall.ProcAttr{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			<-p.Done()
+			p.Close()
+		}
+	})
+	for _, path := range []string{"alice", "alice/dev"} {
+		b.Run(strings.ReplaceAll(path, "/", "-"), func(b *testing.B) {
+			fd, err := unix.Open("/dev/pts", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				b.Skip(err)
+			}
+			defer unix.Close(fd)
+			host := &testShells{pts: fd}
+			dir := b.TempDir()
+			opts := func(sub string) Options {
+				return Options{Reaper: testReaper, RunDir: filepath.Join(dir, sub)}
+			}
+			root, alice, dev := New(opts("root")), New(opts("alice")), New(opts("dev"))
+			serveShells(b, fakeContainer(b, root, "alice", config.KindUser), alice, host)
+			serveShells(b, fakeContainer(b, alice, "dev", config.KindUser), dev, host)
+			c, _ := serveControl(b, &Control{Sup: root})
+			ctx := context.Background()
+			b.ResetTimer()
+			for b.Loop() {
+				s, err := c.Shell(ctx, path, ShellRequest{Argv: []string{"/bin/true"}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if e, err := s.Wait(); err != nil || e.Code != 0 {
+					b.Fatalf("exit %+v, %v", e, err)
+				}
+				s.Close()
+			}
+		})
+	}
 }
