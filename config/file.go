@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 
-	"github.com/pelletier/go-toml/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,46 +33,83 @@ type NewContainer struct {
 	Exec    []string // a daemon's command
 }
 
-// containerFile is the shape of a file FormatContainer writes, in the
-// order of its keys.
-type containerFile struct {
-	Kind    string     `toml:"kind"`
-	Level   int        `toml:"level"`
-	Rootfs  string     `toml:"rootfs,omitempty"`
-	Network string     `toml:"network,omitempty"`
-	Memory  string     `toml:"memory,omitempty"`
-	Pids    int64      `toml:"pids,omitempty"`
-	Exec    []string   `toml:"exec,omitempty"`
-	Bind    []bindFile `toml:"bind,omitempty,inline"`
-}
-
-type bindFile struct {
-	Source   string `toml:"source"`
-	Target   string `toml:"target,omitempty"`
-	Writable bool   `toml:"writable,omitempty"`
-}
-
 // FormatContainer writes n as a containers.d file, with the newest
 // sandbox level written out (SandboxLevel), so that the hardening of a
-// later release never changes what this file means.
+// later release never changes what this file means. Strings must be
+// valid UTF-8.
 func FormatContainer(n NewContainer) ([]byte, error) {
-	f := containerFile{
-		Kind: n.Kind, Level: SandboxLevel, Rootfs: n.Rootfs, Network: n.Network,
-		Memory: n.Memory, Pids: n.Pids, Exec: n.Exec,
+	all := append([]string{n.Kind, n.Rootfs, n.Network, n.Memory}, n.Exec...)
+	for _, bd := range n.Binds {
+		all = append(all, bd.Source, bd.Target)
 	}
-	for _, b := range n.Binds {
-		bf := bindFile{Source: b.Source, Writable: b.Writable}
-		if b.Target != b.Source {
-			bf.Target = b.Target
+	for _, v := range all {
+		if !utf8.ValidString(v) {
+			return nil, fmt.Errorf("%q is not valid UTF-8", v)
 		}
-		f.Bind = append(f.Bind, bf)
 	}
-	body, err := toml.Marshal(f)
-	if err != nil {
-		return nil, fmt.Errorf("writing the container's file: %w", err)
+	var b strings.Builder
+	b.WriteString("# Written by nest create. Edit it and run nest reload, or remove it with nest rm.\n")
+	str := func(key, v string) {
+		if v != "" {
+			fmt.Fprintf(&b, "%s = %s\n", key, tomlString(v))
+		}
 	}
-	head := "# Written by nest create. Edit it and run nest reload, or remove it with nest rm.\n"
-	return append([]byte(head), body...), nil
+	str("kind", n.Kind)
+	fmt.Fprintf(&b, "level = %d\n", SandboxLevel)
+	str("rootfs", n.Rootfs)
+	str("network", n.Network)
+	str("memory", n.Memory)
+	if n.Pids != 0 {
+		fmt.Fprintf(&b, "pids = %d\n", n.Pids)
+	}
+	if len(n.Exec) > 0 {
+		q := make([]string, len(n.Exec))
+		for i, a := range n.Exec {
+			q[i] = tomlString(a)
+		}
+		fmt.Fprintf(&b, "exec = [%s]\n", strings.Join(q, ", "))
+	}
+	if len(n.Binds) > 0 {
+		q := make([]string, len(n.Binds))
+		for i, bd := range n.Binds {
+			t := "source = " + tomlString(bd.Source)
+			if bd.Target != bd.Source {
+				t += ", target = " + tomlString(bd.Target)
+			}
+			if bd.Writable {
+				t += ", writable = true"
+			}
+			q[i] = "{ " + t + " }"
+		}
+		fmt.Fprintf(&b, "bind = [%s]\n", strings.Join(q, ", "))
+	}
+	return []byte(b.String()), nil
+}
+
+// tomlString quotes s as a TOML basic string: Go's strconv.Quote would
+// write escapes TOML does not have (\x00, \a, \v).
+func tomlString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 // ParseNew formats n as the file of container name and parses it back, as

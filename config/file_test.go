@@ -145,11 +145,11 @@ func TestParseNew(t *testing.T) {
 		{"user", NewContainer{Kind: "user"}, func(c *Container) bool {
 			return c.Kind == KindUser && c.User == "user" && c.Rootfs == RootfsHost && c.Sandbox.Level == SandboxLevel && c.Sandbox.Nesting
 		}},
-		{"web", NewContainer{Kind: "daemon", Exec: []string{"/bin/sh", "-c", "echo 'it''s' \"x\"\n\x01"},
+		{"web", NewContainer{Kind: "daemon", Exec: []string{"/bin/sh", "-c", "echo 'it''s' \"x\"\n\x01\\ \t\r\x7f é ✓"},
 			Binds:   []Bind{{Source: "/srv", Target: "/srv"}, {Source: "/var/lib/web", Target: "/data", Writable: true}},
 			Network: "host", Memory: "512M", Pids: 64, Rootfs: "/srv/root"},
 			func(c *Container) bool {
-				return c.Kind == KindDaemon && len(c.Exec) == 3 && c.Exec[2] == "echo 'it''s' \"x\"\n\x01" &&
+				return c.Kind == KindDaemon && len(c.Exec) == 3 && c.Exec[2] == "echo 'it''s' \"x\"\n\x01\\ \t\r\x7f é ✓" &&
 					len(c.Binds) == 2 && c.Binds[0] == (Bind{"/srv", "/srv", false}) && c.Binds[1] == (Bind{"/var/lib/web", "/data", true}) &&
 					c.Network == NetworkHost && c.Memory == 512<<20 && c.Pids == 64 && c.Rootfs == "/srv/root" && c.Sandbox.NoNewPrivileges
 			}},
@@ -186,6 +186,7 @@ func TestParseNew(t *testing.T) {
 		{"web", NewContainer{Kind: "user", Binds: []Bind{{Source: "/a", Target: "/../etc"}}}, `outside the container's root`},
 		{"web", NewContainer{Kind: "user", Network: "veth"}, `not supported yet`},
 		{"Web", NewContainer{Kind: "user"}, `want a-z, 0-9`},
+		{"web", NewContainer{Kind: "daemon", Exec: []string{"/bin/echo", "a\xffb"}}, `not valid UTF-8`},
 	}
 	for _, tt := range bad {
 		_, _, err := ParseNew(tt.name, "/etc/nest/containers.d/"+tt.name+".toml", tt.n)

@@ -111,7 +111,7 @@ func TestCreateRemoveReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{"kind = 'daemon'\n", fmt.Sprintf("level = %d\n", config.SandboxLevel), "memory = '64M'\n", "pids = 100\n", "exec = ['/bin/sleep', '1000']\n"} {
+	for _, line := range []string{"kind = \"daemon\"\n", fmt.Sprintf("level = %d\n", config.SandboxLevel), "memory = \"64M\"\n", "pids = 100\n", "exec = [\"/bin/sleep\", \"1000\"]\n"} {
 		if !strings.Contains(string(file), line) {
 			t.Errorf("%s.toml has no %q:\n%s", d, line, file)
 		}

@@ -18,6 +18,7 @@ type terminal struct {
 	master *os.File
 	run    *nestRun
 	out    *output
+	read   chan struct{} // closed when the terminal hung up and all is read
 }
 
 // shellOnPTY starts `nest --socket f.sock shell ARGS` as the session leader
@@ -42,9 +43,25 @@ func shellOnPTY(t *testing.T, ctx context.Context, f *servicesFixture, rows, col
 	if err != nil {
 		t.Fatal(err)
 	}
-	term := &terminal{master: master, run: r, out: newOutput()}
-	go io.Copy(term.out, master)
+	term := &terminal{master: master, run: r, out: newOutput(), read: make(chan struct{})}
+	go func() {
+		io.Copy(term.out, master)
+		close(term.read)
+	}()
 	return term
+}
+
+// wait waits for nest shell to exit and for its output to be read, and
+// returns its status.
+func (term *terminal) wait(t *testing.T) int {
+	t.Helper()
+	code := term.run.wait()
+	select {
+	case <-term.read:
+	case <-time.After(5 * time.Second):
+		t.Errorf("the terminal is still open 5 s after nest shell exited")
+	}
+	return code
 }
 
 // waitRaw waits until nest shell has put the terminal in raw mode: from
@@ -113,7 +130,7 @@ func TestShell(t *testing.T) {
 
 	t.Run("status", func(t *testing.T) {
 		term := shellOnPTY(t, ctx, f, 30, 100, d, "--", "/bin/sh", "-c", "stty size; echo TERM=$TERM; hostname; exit 7")
-		if code := term.run.wait(); code != 7 {
+		if code := term.wait(t); code != 7 {
 			t.Errorf("nest shell %s -- sh -c '…; exit 7' = %d, want 7\n%q\n%s", d, code, term.out, term.run.describe())
 		}
 		for _, want := range []string{"30 100\r\n", "TERM=xterm-test\r\n", d + "\r\n"} {
@@ -136,7 +153,7 @@ func TestShell(t *testing.T) {
 		if _, err := term.master.Write([]byte("exit 3\r")); err != nil {
 			t.Fatal(err)
 		}
-		if code := term.run.wait(); code != 3 {
+		if code := term.wait(t); code != 3 {
 			t.Errorf("nest shell %s, then exit 3 = %d\n%q\n%s", u, code, term.out, term.run.describe())
 		}
 		// The caller's terminal is back as it was.
@@ -151,7 +168,7 @@ func TestShell(t *testing.T) {
 		if _, err := term.master.Write([]byte{3}); err != nil {
 			t.Fatal(err)
 		}
-		if code := term.run.wait(); code != 130 {
+		if code := term.wait(t); code != 130 {
 			t.Errorf("nest shell %s -- sleep 100, then ^C = %d, want 130\n%q\n%s", d, code, term.out, term.run.describe())
 		}
 	})

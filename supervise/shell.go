@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -83,11 +82,21 @@ type ShellRequest struct {
 	Cols uint16 `json:"cols,omitempty"`
 }
 
-var termName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
-
 // ValidTerm reports whether t may be a shell's TERM: a terminal name, at
-// most 64 letters, digits and . _ + -.
-func ValidTerm(t string) bool { return termName.MatchString(t) }
+// most 64 letters, digits and . _ + -, starting with a letter or digit.
+func ValidTerm(t string) bool {
+	if t == "" || len(t) > 64 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || !strings.ContainsRune("._+-", rune(c))) {
+			return false
+		}
+	}
+	return true
+}
 
 // check bounds a request's command and TERM.
 func (r ShellRequest) check() error {
