@@ -31,6 +31,7 @@ type Message struct {
 var Types = map[string]bool{
 	// The link between a child init and its parent.
 	"spec":     true, // parent → child init: the container spec, in Body
+	"layer":    true, // parent → child init, after a spec: one layer of its root, as the one fd
 	"ready":    true, // child → parent: the child's supervisor is up
 	"state":    true, // child → parent: a unit changed, in Body
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree

@@ -278,8 +278,14 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 	for _, s := range cfg.Services {
 		specs = append(specs, supervise.Spec{Service: s})
 	}
-	for i := range cfg.Containers {
-		specs = append(specs, containerUnit(&cfg.Containers[i]))
+	return append(specs, containerSpecs(cfg.Containers)...)
+}
+
+// containerSpecs are the units of an init's child containers.
+func containerSpecs(cs []config.Container) []supervise.Spec {
+	var specs []supervise.Spec
+	for i := range cs {
+		specs = append(specs, containerUnit(&cs[i]))
 	}
 	return specs
 }

@@ -54,7 +54,8 @@ func (h *shellHost) Terminal() (master, slave *os.File, err error) {
 func (h *shellHost) Command(req supervise.ShellRequest) (supervise.Spec, error) {
 	user, home, shell := "root", "/root", "/bin/sh"
 	if h.c.Kind == config.KindUser {
-		user, home = h.c.User, "/home/"+h.c.User
+		user = userName(h.c)
+		home = "/home/" + user
 		if e, ok := passwdEntry(h.passwd, user); ok {
 			if filepath.IsAbs(e.home) {
 				home = e.home

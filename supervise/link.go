@@ -24,6 +24,7 @@ import (
 // Link messages (escalate.Types).
 const (
 	msgSpec     = "spec"
+	msgLayer    = "layer"
 	msgReady    = "ready"
 	msgState    = "state"
 	msgSubtree  = "subtree"

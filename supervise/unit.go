@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nest/config"
+	"nest/sandbox"
 )
 
 // State is where a unit is in its life.
@@ -495,6 +496,18 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 	}
 
 	sys := &syscall.SysProcAttr{Setsid: true}
+	if u.sup.opts.WorkloadUserns {
+		// Mounts copied into a less privileged user namespace are locked:
+		// the service cannot remove a mask of this init.
+		ids, err := sandbox.IdentityRange(s.Name)
+		if err != nil {
+			return fail(err)
+		}
+		sys.Cloneflags |= unix.CLONE_NEWUSER | unix.CLONE_NEWNS
+		sys.UidMappings, sys.GidMappings = ids.UidMappings(), ids.GidMappings()
+		sys.GidMappingsEnableSetgroups = true
+		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
 	var files []uintptr
 	var closeAfter []*os.File
 	defer func() {

@@ -277,6 +277,101 @@ func TestPID1Containers(t *testing.T) {
 	mustContain(t, r, "nest: web: started (pid", "nest: web: ready")
 }
 
+const nestingConfig = `# The nesting scenario of vmtest/pid1_test.go.
+modules = ["virtio_pci", "virtio_blk", "ext4"]
+console = "none"
+
+# The base user containers see: an ext4 disk (idmapped mounts need a file
+# system that allows them; the initramfs does not on Linux 6.1).
+[[mount]]
+source  = "/dev/vda"
+target  = "/base"
+type    = "ext4"
+options = ["ro"]
+
+# Their state on a file system of its own: an overlay refuses a lower
+# layer (a parent's upper) inside another (the base) on one file system.
+[[mount]]
+source = "/dev/vdb"
+target = "/var/lib/nest"
+type   = "ext4"
+
+[container.alice]
+kind   = "user"
+rootfs = "/base"
+memory = "256M"
+pids   = 512
+
+[[container.alice.service]]
+name    = "probe"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "userprobe" }
+restart = "no"
+
+[container.alice.container.dev]
+kind = "user"
+
+[container.alice.container.dev.container.leaf]
+kind    = "daemon"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "probe" }
+restart = "no"
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestNesting"]
+restart = "no"
+`
+
+// TestPID1Nesting boots a tree of four levels — root → user container →
+// user container → daemon container — on an ext4 base, and checks it from
+// the root and from inside (vmtest/pid1/nesting_test.go): the tree in nest
+// ls --tree, what a user may do in their container (copy-up the parent
+// does not see, a home, their name), the escape list at levels 2 and 4,
+// masks locked for the workloads, stop leaving nothing, reset keeping the
+// home.
+func TestPID1Nesting(t *testing.T) {
+	t.Parallel()
+	nest, tests := builds(t)
+	base := NewImage()
+	if err := base.AddBusybox(); err != nil {
+		t.Fatal(err)
+	}
+	base.AddFile("/tests/pid1.test", tests, 0o755)
+	base.AddFile("/bin/nest", nest, 0o755)
+	base.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	base.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/usr/bin"} {
+		base.AddDir(d, 0o755)
+	}
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "base")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := base.WriteDir(tree); err != nil {
+		t.Fatal(err)
+	}
+	baseDisk, stateDisk := filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
+	if err := NewExt4ImageFrom(baseDisk, 96, tree); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewExt4Image(stateDisk, 128); err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: nestingConfig, modules: Ext4Modules}.image(t),
+		Disks:  []string{baseDisk, stateDisk},
+		Memory: 1024,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: alice: started (pid", "nest: alice: ready")
+	if strings.Contains(r.Console, "CONSOLE-OF-ALICE") {
+		t.Error("alice's /dev/console reached the root's console")
+	}
+}
+
 func slicesContains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
