@@ -147,30 +147,28 @@ func TestCreateRemoveReset(t *testing.T) {
 		t.Errorf("%s after reload: %+v, want still stopped", u, st)
 	}
 
-	// reset: the upper layer goes, the home stays.
+	// reset: the upper layer goes, the home stays; a running container
+	// only with --force, and it runs again after.
+	want(0, u+": reset, stopped", "reset", u) // never started: nothing to drop
+	want(0, "running", "start", u)
 	state := rootfs.StateOf(filepath.Join(root, rootfs.StateRoot), u)
-	if err := state.Prepare(0); err != nil {
-		t.Fatal(err)
-	}
 	for _, e := range []string{rootfs.Upper, rootfs.Home} {
 		if err := os.WriteFile(filepath.Join(state.Path(e), "file"), []byte(e), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want(0, u+": reset, stopped", "reset", u)
 	exists := func(e string) bool {
-		_, err := os.Stat(state.Path(e))
+		_, err := os.Stat(filepath.Join(state.Path(e), "file"))
 		return err == nil
 	}
-	if exists(rootfs.Upper) || exists(rootfs.Work) || !exists(rootfs.Home) {
-		t.Errorf("after reset: upper %v, work %v, home %v; want only the home", exists(rootfs.Upper), exists(rootfs.Work), exists(rootfs.Home))
-	}
-	want(0, "running", "start", u)
 	upid := f.status(t, ctx, u).Pid
 	want(1, "is running: stop it first, or nest reset --force", "reset", u)
 	out := want(0, u+": reset, running (pid ", "reset", "--force", u)
 	if strings.Contains(out, fmt.Sprintf("(pid %d)", upid)) {
 		t.Errorf("reset --force of a running container: %q, want a new pid", out)
+	}
+	if exists(rootfs.Upper) || !exists(rootfs.Home) {
+		t.Errorf("after reset: a file in upper %v, in home %v; want only the home's", exists(rootfs.Upper), exists(rootfs.Home))
 	}
 	want(1, "daemon container", "reset", d)
 	want(1, "is a service", "reset", svc)
@@ -187,7 +185,7 @@ func TestCreateRemoveReset(t *testing.T) {
 	r, root = upInNamespace(t, ctx, f)
 	f.waitUnits(t, ctx, r, "all four running", running(svc, inline, d, u))
 	state = rootfs.StateOf(filepath.Join(root, rootfs.StateRoot), u)
-	if err := state.Prepare(0); err != nil {
+	if err := os.WriteFile(filepath.Join(state.Path(rootfs.Home), "file"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	pool, err := os.ReadFile(filepath.Join(root, sandbox.DefaultPoolPath))
@@ -210,8 +208,8 @@ func TestCreateRemoveReset(t *testing.T) {
 		t.Errorf("id pool after rm of %s: %q, want its range released", d, pool)
 	}
 	want(0, u+": removed", "rm", "--force", u)
-	if exists(rootfs.Upper) || exists(rootfs.Lib) || !exists(rootfs.Home) {
-		t.Errorf("after rm: upper %v, lib %v, home %v; want only the home", exists(rootfs.Upper), exists(rootfs.Lib), exists(rootfs.Home))
+	if entries, _ := os.ReadDir(state.Dir); len(entries) != 1 || entries[0].Name() != rootfs.Home || !exists(rootfs.Home) {
+		t.Errorf("after rm: %s holds %v; want only the home, with its file", state.Dir, entries)
 	}
 	want(0, u+": created, stopped", "create", u, "--kind", "user", "--no-start")
 	want(0, u+": removed", "rm", u, "--purge")

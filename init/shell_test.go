@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -115,10 +116,15 @@ func TestShell(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	f := newServicesFixture(t)
-	svc, d, u := f.name("svc"), "d-"+f.suffix, "u-"+f.suffix
+	svc, d, u, a := f.name("svc"), "d-"+f.suffix, "u-"+f.suffix, "a-"+f.suffix
 	f.write(t, service{name: svc, script: "exec sleep 1000"})
+	conf, _ := os.ReadFile(f.conf)
+	conf = append(conf, fmt.Sprintf("\n[container.%s]\nkind = \"user\"\n\n[container.%s.container.dev]\nkind = \"user\"\n", a, a)...)
+	if err := os.WriteFile(f.conf, conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r, _ := upInNamespace(t, ctx, f)
-	f.waitUnits(t, ctx, r, svc+" running", running(svc))
+	f.waitUnits(t, ctx, r, svc+" and "+a+" running", running(svc, a))
 	for _, args := range [][]string{
 		{"create", d, "--kind", "daemon", "--", "/bin/sleep", "1000"},
 		{"create", u, "--kind", "user"},
@@ -170,6 +176,25 @@ func TestShell(t *testing.T) {
 		}
 		if code := term.wait(t); code != 130 {
 			t.Errorf("nest shell %s -- sleep 100, then ^C = %d, want 130\n%q\n%s", d, code, term.out, term.run.describe())
+		}
+	})
+
+	t.Run("grandchild", func(t *testing.T) {
+		// dev is reached through a's link; its init may still be starting.
+		path := a + "/dev"
+		var term *terminal
+		for {
+			term = shellOnPTY(t, ctx, f, 24, 80, path, "--", "/bin/sh", "-c", "hostname; whoami; exit 4")
+			if code := term.wait(t); code != 1 || !strings.Contains(term.out.String(), "not running") || ctx.Err() != nil {
+				if code != 4 {
+					t.Fatalf("nest shell %s -- sh -c '…; exit 4' = %d, want 4\n%q", path, code, term.out)
+				}
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if out := term.out.String(); !strings.Contains(out, "dev\r\ndev\r\n") {
+			t.Errorf("nest shell %s: %q, want hostname and user dev", path, out)
 		}
 	})
 
