@@ -153,7 +153,8 @@ func (b *booter) bootUp() {
 		ContainerCgroups: containersCgroup,
 		IDs:              ids,
 	})
-	b.admin = &containerAdmin{cfgPath: b.cfgPath, builtin: true, sup: b.sup, ids: ids, logf: b.logf}
+	b.admin = &containerAdmin{cfgPath: b.cfgPath, sup: b.sup, ids: &ids, logf: b.logf,
+		load: func() (*config.Config, error) { return loadConfig(b.cfgPath, true) }}
 	b.serveControl()
 	b.cfg = cfg
 	b.sup.Apply(unitSpecs(cfg))

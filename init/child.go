@@ -87,6 +87,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 			return fail("%v", err)
 		}
 	}
+	ownConfig(&c, logf)
 	shells := newShellHost(c) // before any process of the container runs
 
 	servicesCgroup, containersCgroup := "", ""
@@ -132,7 +133,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if l, err := supervise.ListenControl(controlSocket); err != nil {
 		logf("%v", err)
 	} else {
-		ctl := &supervise.Control{Sup: sup, Version: version}
+		ctl := &supervise.Control{Sup: sup, Version: version, Admin: childAdmin(c, sup, logf)}
 		go ctl.Serve(l)
 	}
 	sup.Apply(childUnits(c))

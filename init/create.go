@@ -23,11 +23,13 @@ import (
 // init's units (these and reloads) take one lock, so that a reload that
 // read the files before a create cannot undo it.
 type containerAdmin struct {
-	cfgPath   string // the init's config file
-	builtin   bool   // a missing file is the built-in config (boot)
+	cfgPath string // the init's config file; containers.d is beside it
+	// load reads the init's config as it is on disk now (loadConfig of
+	// cfgPath, as the init reads it).
+	load      func() (*config.Config, error)
 	sup       *supervise.Supervisor
-	ids       sandbox.Pool // where the containers' id ranges are leased
-	stateRoot string       // the containers' state ("": rootfs.StateRoot)
+	ids       *sandbox.Pool // where the containers' id ranges are leased; nil: none (ids one to one)
+	stateRoot string        // the containers' state ("": rootfs.StateRoot)
 	logf      func(format string, args ...any)
 
 	mu sync.Mutex
@@ -37,6 +39,16 @@ type containerAdmin struct {
 func (a *containerAdmin) lock() func() {
 	a.mu.Lock()
 	return a.mu.Unlock
+}
+
+// childAdmin is the containerAdmin of a child container's init: its own
+// containers.d (/etc/nest/containers.d inside the container), whose
+// children map its ids one to one; none where the container may not nest.
+func childAdmin(c config.Container, sup *supervise.Supervisor, logf func(string, ...any)) supervise.Admin {
+	if !c.Sandbox.Nesting {
+		return nil
+	}
+	return &containerAdmin{cfgPath: config.DefaultPath, load: loadOwnConfig, sup: sup, logf: logf}
 }
 
 func (a *containerAdmin) dir() string { return config.DirFor(a.cfgPath) }
@@ -108,7 +120,7 @@ func (a *containerAdmin) Create(ctx context.Context, name string, req supervise.
 func (a *containerAdmin) add(c *config.Container, data []byte) error {
 	defer a.lock()()
 	name, dir := c.Name, a.dir()
-	cfg, err := loadConfig(a.cfgPath, a.builtin)
+	cfg, err := a.load()
 	if err != nil {
 		return supervise.Errorf(409, "the config does not load; fix it first:\n%v", err)
 	}
@@ -156,10 +168,13 @@ func (a *containerAdmin) Remove(ctx context.Context, name string, force, purge b
 	dir := a.dir()
 	file := config.FileFor(dir, name)
 	if _, err := os.Lstat(file); errors.Is(err, fs.ErrNotExist) {
-		if cfg, err := loadConfig(a.cfgPath, a.builtin); err == nil {
+		if cfg, err := a.load(); err == nil {
 			if c, ok := cfg.Container(name); ok {
 				return supervise.Errorf(409, "container %s is defined in %s, not in %s: remove it there, then nest reload", name, c.Place(), dir)
 			}
+		}
+		if u, ok := a.sup.Unit(name); ok && u.Status().Kind != "service" {
+			return supervise.Errorf(409, "container %s is declared by the config of this container's parent, not in %s", name, dir)
 		}
 		return supervise.Errorf(404, "no container %s in %s", name, dir)
 	} else if err != nil {
@@ -179,8 +194,10 @@ func (a *containerAdmin) Remove(ctx context.Context, name string, force, purge b
 		a.sup.Remove(name)
 	}
 	var errs []error
-	if err := a.ids.Release(name); err != nil {
-		errs = append(errs, err)
+	if a.ids != nil {
+		if err := a.ids.Release(name); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := rootfs.StateOf(a.stateRoot, name).Remove(purge); err != nil {
 		errs = append(errs, err)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"nest/config"
+	"nest/sandbox"
 	"nest/supervise"
 )
 
@@ -105,7 +106,8 @@ func up(args []string, sigs chan os.Signal) int {
 			RunDir:  filepath.Dir(*socket),
 			Cgroups: u.cgroups(),
 		})
-		u.admin = &containerAdmin{cfgPath: u.cfgPath, sup: u.sup, logf: u.logf}
+		u.admin = &containerAdmin{cfgPath: u.cfgPath, sup: u.sup, ids: &sandbox.Pool{}, logf: u.logf,
+			load: func() (*config.Config, error) { return loadConfig(u.cfgPath, false) }}
 		u.serve(l)
 		u.sup.Apply(upSpecs(cfg))
 	}

@@ -43,8 +43,18 @@ func TestUpUserContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(state, unix.MNT_DETACH) })
+	// alice's own config (in her state, her /etc/nest) adds a service.
+	aliceEtc := filepath.Join(state, "alice", "etc")
+	if err := os.MkdirAll(aliceEtc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(aliceEtc), 0o711)
+	err := os.WriteFile(filepath.Join(aliceEtc, "nest.toml"), []byte("[[service]]\nname = \"extra\"\nexec = [\"/bin/sleep\", \"1000\"]\n"), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conf, sock := filepath.Join(dir, "nest.toml"), filepath.Join(dir, "nest.sock")
-	err := os.WriteFile(conf, []byte(`console = "none"
+	err = os.WriteFile(conf, []byte(`console = "none"
 
 [container.alice]
 kind = "user"
@@ -58,7 +68,7 @@ kind = "user"
 
 [container.alice.container.dev.container.leaf]
 kind = "daemon"
-exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
+exec = ["/bin/sh", "-c", "grep ^alice: /etc/passwd; exec sleep 1000"]
 `), 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +91,7 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	}
 
 	var tree []supervise.Status
-	paths := []string{"alice", "alice/work", "alice/dev", "alice/dev/leaf", "alice/dev/leaf/leaf"}
+	paths := []string{"alice", "alice/work", "alice/extra", "alice/dev", "alice/dev/leaf", "alice/dev/leaf/leaf"}
 	for {
 		out, _, code := nestCLI(ctx, "--socket", sock, "ls", "--tree", "--json")
 		tree = nil
@@ -101,7 +111,8 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	}
 
 	// What alice wrote is in her upper layer, owned by her mapped root;
-	// the host's /usr does not have it; the leaf two levels down sees it.
+	// the host's /usr does not have it. The leaf two levels down sees her
+	// layer below dev's: her passwd line, kept under dev's own.
 	upper := filepath.Join(state, "alice", "upper", "usr", "from-alice")
 	var st syscall.Stat_t
 	for syscall.Stat(upper, &st) != nil && ctx.Err() == nil {
@@ -119,22 +130,35 @@ exec = ["/bin/sh", "-c", "cat /usr/from-alice; exec sleep 1000"]
 	leafLog := filepath.Join(state, "alice", "lib", "dev", "log", "leaf.log")
 	for {
 		b, _ := os.ReadFile(leafLog)
-		if strings.Contains(string(b), "new") {
+		if strings.Contains(string(b), "alice:x:0:0:") {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the leaf never saw alice's file: %s = %q", leafLog, b)
+			t.Fatalf("the leaf never saw alice's layer (her passwd line): %s = %q", leafLog, b)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// Every process of alice's tree, held by pidfds (pids could be reused).
 	alice := unitAt(tree, "alice")
-	first := mappedRoot(t, alice.Pid)
+	mappedRoot(t, alice.Pid)
+	var fds []int
+	for _, pid := range append([]int{alice.Pid}, descendants(procChildren(), alice.Pid)...) {
+		if fd, err := pidfd(t, pid); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	if len(fds) < 6 {
+		t.Errorf("alice's tree has %d processes, want 6 (three inits and three services)", len(fds))
+	}
 	if out, errOut, code := nestCLI(ctx, "--socket", sock, "stop", "alice"); code != 0 {
 		t.Fatalf("nest stop alice = %d %s%s", code, out, errOut)
 	}
-	if left := processesInRange(first); len(left) > 0 {
-		t.Errorf("processes of alice's tree left after stop: %v", left)
+	for _, fd := range fds {
+		if !processGone(fd) {
+			t.Errorf("a process of alice's tree is left after stop")
+		}
+		unix.Close(fd)
 	}
 	if err := r.signal(ctx, unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -171,21 +195,4 @@ func mappedRoot(t *testing.T, pid int) int {
 		t.Fatalf("pid %d maps root to host uid %d, want a range >= 100000", pid, id)
 	}
 	return id
-}
-
-// processesInRange lists processes whose real uid is in [first, first+65536).
-func processesInRange(first int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+e.Name(), &st) == nil && int(st.Uid) >= first && int(st.Uid) < first+65536 {
-			out = append(out, pid)
-		}
-	}
-	return out
 }

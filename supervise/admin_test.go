@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -159,8 +160,13 @@ func TestEnvReplacesDefaults(t *testing.T) {
 	sp := svc("env", config.RestartNo, "/usr/bin/env")
 	sp.Env = map[string]string{"HOME": "/home/alice", "X": "1"}
 	s.Apply([]Spec{sp})
-	st := waitFor(t, s, "env", "exited", func(st Status) bool { return st.State == StateExited })
 	u, _ := s.Unit("env")
+	// The output may come after the exit is seen.
+	waitFor(t, s, "env", "its environment in the log", func(Status) bool {
+		b, _ := u.Log().Snapshot()
+		return bytes.Contains(b, []byte("X=1\n")) && bytes.Contains(b, []byte("PATH=")) && bytes.Contains(b, []byte("HOME="))
+	})
+	st := u.Status()
 	out, _ := u.Log().Snapshot()
 	if strings.Count(string(out), "HOME=") != 1 || !strings.Contains(string(out), "HOME=/home/alice\n") ||
 		!strings.Contains(string(out), "PATH="+DefaultPath+"\n") || !strings.Contains(string(out), "X=1\n") {

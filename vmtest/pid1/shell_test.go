@@ -51,6 +51,26 @@ func TestNestingShell(t *testing.T) {
 	if code != 5 || !strings.Contains(out, "dev\r\ndev\r\n") {
 		t.Errorf("nest shell alice/dev -- sh -c '…; exit 5' = %d %q; want 5, dev twice", code, out)
 	}
+
+	// alice makes a child of her own: nest create inside her container
+	// talks to her init and writes her containers.d.
+	out, code = nest(t, "shell", "alice", "--", "/bin/nest", "create", "inner", "--kind", "daemon", "--", "/bin/sleep", "1000")
+	if code != 0 || !strings.Contains(out, "inner: created, running") {
+		t.Fatalf("nest create inner inside alice = %d %q", code, out)
+	}
+	if st := status(t, "alice/inner"); st.State != supervise.StateRunning {
+		t.Errorf("alice/inner = %s, want running", st.State)
+	}
+	if _, err := os.Stat("/var/lib/nest/alice/etc/containers.d/inner.toml"); err != nil {
+		t.Errorf("alice's containers.d: %v", err)
+	}
+	out, code = nest(t, "shell", "alice", "--", "/bin/nest", "rm", "--force", "inner")
+	if code != 0 || !strings.Contains(out, "inner: removed") {
+		t.Errorf("nest rm --force inner inside alice = %d %q", code, out)
+	}
+	if _, err := os.Stat("/var/lib/nest/alice/etc/containers.d/inner.toml"); !os.IsNotExist(err) {
+		t.Errorf("inner.toml after rm inside alice: %v", err)
+	}
 }
 
 // TestNestingCreate: nest create under PID 1 writes
