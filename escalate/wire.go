@@ -37,7 +37,12 @@ var Types = map[string]bool{
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
+	"shell":    true, // parent → child: a shell in a container, with the session socket attached; the reply: none
 	"error":    true, // reply: the request failed; Error says why
+
+	// The session socket of `nest shell`, from the container's init to the CLI.
+	"shell-pty":  true, // the shell's pty master, attached
+	"shell-exit": true, // how the shell's command ended, in Body
 }
 
 // fields are the JSON names of Message's fields, matched exactly (encoding/json

@@ -88,6 +88,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		}
 	}
 	ownConfig(&c, logf)
+	shells := newShellHost(c) // before any process of the container runs
 
 	servicesCgroup, containersCgroup := "", ""
 	if spec.Cgroup {
@@ -132,7 +133,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if l, err := supervise.ListenControl(controlSocket); err != nil {
 		logf("%v", err)
 	} else {
-		ctl := &supervise.Control{Sup: sup, Version: version}
+		ctl := &supervise.Control{Sup: sup, Version: version, Admin: childAdmin(c, sup, logf)}
 		go ctl.Serve(l)
 	}
 	sup.Apply(childUnits(c))
@@ -143,6 +144,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		daemonDone = watchEnd(sup, c.Name)
 	}
 	parent := supervise.NewParentLink(link)
+	parent.Shells = shells
 	go func() {
 		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {
@@ -251,20 +253,13 @@ func powerOffNamespace(logf func(string, ...any)) int {
 func childUnits(c config.Container) []supervise.Spec {
 	var specs []supervise.Spec
 	if c.Kind == config.KindDaemon {
-		confine := []string{"/proc/self/exe", "confine"}
-		if c.Sandbox.NoNewPrivileges {
-			confine = append(confine, "--nnp")
-		}
-		if !c.Sandbox.Nesting {
-			confine = append(confine, "--caps", "daemon")
-		}
 		specs = append(specs, supervise.Spec{
 			Service: config.Service{
 				Name: c.Name, Exec: c.Exec, Env: c.Env, Dir: c.Dir,
 				Restart: config.RestartNo, StopTimeout: c.StopTimeout, StartLimit: 1,
 			},
 			InheritOutput: true,
-			Confine:       confine,
+			Confine:       workloadConfine(c),
 		})
 	}
 	for _, s := range c.Services {

@@ -15,11 +15,7 @@ import (
 // that describe a machine (hostname, modules, mounts, console) belong to
 // the parent's view of the container and are ignored with a note.
 func ownConfig(c *config.Container, logf func(string, ...any)) {
-	own, err := loadConfig(config.DefaultPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		own = &config.Config{Source: containersDir}
-		err = config.LoadDir(own, containersDir)
-	}
+	own, err := loadOwnConfig()
 	if err != nil {
 		logf("own config: %v (running what the parent declares)", err)
 		return
@@ -51,4 +47,16 @@ func ownConfig(c *config.Container, logf func(string, ...any)) {
 	if n := len(own.Services) + len(own.Containers); n > 0 {
 		logf("own config %s: %d units", own.Source, n)
 	}
+}
+
+// loadOwnConfig reads a container's own /etc/nest/nest.toml and the
+// containers.d beside it; without the file, containers.d alone.
+func loadOwnConfig() (*config.Config, error) {
+	own, err := loadConfig(config.DefaultPath, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		dir := config.DirFor(config.DefaultPath)
+		own = &config.Config{Source: dir}
+		err = config.LoadDir(own, dir)
+	}
+	return own, err
 }

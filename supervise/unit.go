@@ -105,6 +105,7 @@ type Unit struct {
 	status   string        // STATUS= from sd_notify
 	cgroup   string        // the current run's cgroup directory, if it has one
 	link     *containerRun // the current run's link, for a container
+	tty      *os.File      // a shell session's terminal (openShell); nil for units
 }
 
 func newUnit(s *Supervisor, spec Spec) *Unit {
@@ -458,12 +459,20 @@ func (u *Unit) logf(format string, args ...any) {
 // spawn starts one run of the unit's process.
 func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 	s := u.spec
-	env := []string{"PATH=" + DefaultPath, "HOME=/root"}
+	var env []string
+	// The unit's env replaces these defaults, never doubles them.
+	def := func(k, v string) {
+		if _, set := s.Env[k]; !set {
+			env = append(env, k+"="+v)
+		}
+	}
+	def("PATH", DefaultPath)
+	def("HOME", "/root")
 	if s.TTY != "" {
 		if term := os.Getenv("TERM"); term != "" {
-			env = append(env, "TERM="+term)
+			def("TERM", term)
 		} else {
-			env = append(env, "TERM=linux")
+			def("TERM", "linux")
 		}
 	}
 	for k, v := range s.Env {
@@ -507,7 +516,10 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 		}
 	}()
 	var logR *os.File
-	if s.TTY != "" {
+	if u.tty != nil {
+		files = []uintptr{u.tty.Fd(), u.tty.Fd(), u.tty.Fd()}
+		sys.Setctty, sys.Ctty = true, 0
+	} else if s.TTY != "" {
 		tty, err := os.OpenFile(s.TTY, os.O_RDWR|unix.O_NOCTTY, 0)
 		if err != nil {
 			return fail(fmt.Errorf("open %s: %w", s.TTY, err))
