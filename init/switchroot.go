@@ -34,7 +34,7 @@ func (b *booter) switchRoot() error {
 		fstype = "ext4"
 	}
 	var modules []string
-	if cfg, err := loadConfig(b.cfgPath); err == nil {
+	if cfg, err := loadConfig(b.cfgPath, false); err == nil {
 		modules = cfg.Modules
 	} else if !errors.Is(err, os.ErrNotExist) {
 		b.logf("root=%s: the initramfs's config: %v", c.root, err)

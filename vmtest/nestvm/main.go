@@ -23,7 +23,7 @@ const motd = `
   This is nest, PID 1 of a Linux VM. Try:
     nest ls --tree         the units of this container and of its children
     nest logs hello        what the daemon container "hello" said
-    ls /var/lib/nest/alice the user container alice: her home, her upper layer
+    nest shell alice       a shell in the user container alice (root in her view only)
     nest stop hello        and nest start hello; restart too
     cat /proc/1/cgroup     PID 1 lives in /init.scope; units in /services/NAME
     kill -HUP 1            re-read /etc/nest/nest.toml (write one: see docs/config.md)
