@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -220,6 +221,9 @@ func (b *booter) loadConfig() *config.Config {
 	}
 	cfg = config.Default()
 	cfg.Console = config.ConsoleShell
+	// The emergency system depends on nothing that may fail on this
+	// machine: no user containers (they need a root that can be idmapped).
+	cfg.Containers = slices.DeleteFunc(cfg.Containers, func(c config.Container) bool { return c.Kind == config.KindUser })
 	return cfg
 }
 

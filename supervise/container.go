@@ -182,7 +182,6 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		proc.Close()
 		return fail(err)
 	}
-	go u.copyLog(logR)
 
 	if user {
 		lowers, err := u.userLowers(proc.Pid, c)
@@ -196,6 +195,9 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if err := sendSpec(link, ChildSpec{Container: *c, Cgroup: cg != nil, Layers: len(layers)}, layers); err != nil {
 		return failStarted(err)
 	}
+	// Only now: a failed start closes logR (the pipe keeps what the
+	// init wrote meanwhile).
+	go u.copyLog(logR)
 	run := newContainerRun(link, c.Name, u.logf)
 	go run.read()
 	return proc, run, cg, nil
