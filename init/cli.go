@@ -291,6 +291,9 @@ func printDetail(w io.Writer, st supervise.Status) {
 	if st.Memory != 0 {
 		fmt.Fprintf(w, "  memory:   %s\n", formatBytes(st.Memory))
 	}
+	if st.IDs != "" {
+		fmt.Fprintf(w, "  ids:      %s (its root is the first)\n", st.IDs)
+	}
 	fmt.Fprintf(w, "  restart:  %s (%d restarts)\n", st.Restart, st.Restarts)
 	if len(st.After) > 0 {
 		fmt.Fprintf(w, "  after:    %s\n", strings.Join(st.After, ", "))

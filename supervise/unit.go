@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -632,6 +634,10 @@ type Status struct {
 	After    []string  `json:"after,omitempty"`
 	// Memory is the run's cgroup memory.current in bytes (0: no cgroup).
 	Memory uint64 `json:"memory,omitempty"`
+	// IDs are the ids of this init's view that a running container's
+	// root and users are, "FIRST-LAST" (a container of its own range), or
+	// "" (a service, or a container that shares this init's ids).
+	IDs string `json:"ids,omitempty"`
 	// Children are a container's units, as its init reports them over the
 	// link (tree listings only); Incomplete says why they are missing or
 	// cut short.
@@ -669,5 +675,31 @@ func (u *Unit) Status() Status {
 	if cg != "" {
 		st.Memory = memoryCurrent(cg)
 	}
+	if u.spec.Container != nil && st.Pid > 0 {
+		st.IDs = mappedIDs(st.Pid)
+	}
 	return st
+}
+
+// mappedIDs reads the ids that pid's user namespace maps, from its
+// uid_map: "FIRST-LAST", or "" where it maps none or this init's own.
+func mappedIDs(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", pid))
+	if err != nil {
+		return ""
+	}
+	own, _ := os.ReadFile("/proc/self/uid_map")
+	if string(b) == string(own) {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return ""
+	}
+	first, err1 := strconv.ParseUint(f[1], 10, 32)
+	n, err2 := strconv.ParseUint(f[2], 10, 32)
+	if err1 != nil || err2 != nil || n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", first, first+n-1)
 }

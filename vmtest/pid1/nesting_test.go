@@ -166,6 +166,9 @@ func TestNestingCopyUp(t *testing.T) {
 // starts again.
 func TestNestingStopResetStart(t *testing.T) {
 	first := firstID(t, status(t, "alice").Pid)
+	if ids := status(t, "alice").IDs; ids != fmt.Sprintf("%d-%d", first, first+65535) {
+		t.Errorf("nest status alice: ids %q, want her range from %d", ids, first)
+	}
 	if out, code := nest(t, "stop", "alice"); code != 0 {
 		t.Fatalf("nest stop alice = %d %s", code, out)
 	}
