@@ -122,11 +122,14 @@ func Parse(name string, data []byte) (*Config, error) {
 
 // Default returns the built-in config, used when no config file exists.
 //
-// It is also the demo that `make demo` boots: a shell on the console and a
+// It is also the demo that `make demo` boots: a shell on the console, a
 // daemon container, "hello", that shows what a child container is
-// (`nest ls --tree`, `nest logs hello`).
+// (`nest ls --tree`, `nest logs hello`), and a user container, "alice",
+// whose root is an overlay over the machine's (it needs a root file system
+// that allows idmapped mounts: not an initramfs on Linux 6.1).
 func Default() *Config {
 	sandbox, _ := DefaultSandbox(KindDaemon, SandboxLevel)
+	userSandbox, _ := DefaultSandbox(KindUser, SandboxLevel)
 	return &Config{
 		Source:   BuiltIn,
 		Hostname: "nest",
@@ -146,6 +149,20 @@ func Default() *Config {
 			StopTimeout: DefaultStopTimeout,
 			StartLimit:  DefaultStartLimit,
 			Sandbox:     sandbox,
+			File:        BuiltIn,
+		}, {
+			Name:        "alice",
+			Kind:        KindUser,
+			Hostname:    "alice",
+			User:        "alice",
+			Rootfs:      RootfsHost,
+			Network:     NetworkNone,
+			Memory:      256 << 20,
+			Pids:        512,
+			Restart:     RestartOnFailure,
+			StopTimeout: DefaultStopTimeout,
+			StartLimit:  DefaultStartLimit,
+			Sandbox:     userSandbox,
 			File:        BuiltIn,
 		}},
 	}

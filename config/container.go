@@ -16,8 +16,8 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// DirPath is the directory of an init's child containers, one file each
-// (see LoadDir).
+// DirPath is the directory of child containers, one file each (see
+// LoadDir), of an init with the default config file: DirFor(DefaultPath).
 const DirPath = "/etc/nest/containers.d"
 
 // Kind is what a child container is for.
@@ -254,10 +254,18 @@ func LoadDir(c *Config, dir string) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	if len(loaded) == 0 {
+	return c.Add(loaded...)
+}
+
+// Add adds containers parsed from containers.d files (ParseContainer) to
+// c, checked as LoadDir checks them: one set of names with c's services
+// and containers, after naming units of c. On an error c is left
+// unchanged.
+func (c *Config) Add(list ...Container) error {
+	if len(list) == 0 {
 		return nil
 	}
-	all := append(slices.Clip(c.Containers), loaded...)
+	all := append(slices.Clip(c.Containers), list...)
 	v := &problems{file: c.Source, ix: c.ix}
 	checkLevel(v, levelMembers(v, "", c.Services, all, path("")), c.reserved())
 	if err := v.err(); err != nil {

@@ -192,6 +192,9 @@ func TestParseContainerErrors(t *testing.T) {
 		{"nested container value", user("a", `container.b = "x"`), `3:15: container "a": container.b = "x": want a table, written [container.a.container.b]`},
 		{"service table", user("a", "[container.a.service]"), `3:14: container "a": service = {}: want an array of tables, written [[container.a.service]]`},
 		{"kind type", "[container.a]\nkind = 1", `2:8: container "a": kind = 1: want a string`},
+		{"bind nest state", daemon("a", `bind = [{ source = "/var/lib/nest/alice/home" }]`), `4:20: container "a": bind[0].source = "/var/lib/nest/alice/home": shows the init's own /var/lib/nest (its config, state or logs), which no container may see; bind a directory beside it`},
+		{"bind above nest", daemon("a", `bind = [{ source = "/etc", target = "/host-etc" }]`), `4:20: container "a": bind[0].source = "/etc": shows the init's own /etc/nest (its config, state or logs), which no container may see; bind a directory beside it`},
+		{"bind root", daemon("a", `bind = [{ source = "/", target = "/host" }]`), `4:20: container "a": bind[0].source = "/": shows the init's own /etc/nest (its config, state or logs), which no container may see; bind a directory beside it`},
 		{"bind type", daemon("a", `bind = "/x"`), `4:8: container "a": bind = "/x": want an array of tables, like [{ source = "/srv/data" }]`},
 		{"bind element", daemon("a", `bind = ["/x"]`), `4:9: container "a": bind[0] = "/x": want a table, like { source = "/srv/data", writable = true }`},
 		{"bind writable", daemon("a", `bind = [{ source = "/x", writable = "yes" }]`), `4:37: container "a": bind[0].writable = "yes": want true or false`},
@@ -230,7 +233,7 @@ func TestParseContainerErrors(t *testing.T) {
 		{"bind source unclean", daemon("a", `bind = [{ source = "/data//x" }]`), `4:20: container "a": bind[0].source = "/data//x": want a clean path: "/data/x"`},
 		{"bind target outside", daemon("a", `bind = [{ source = "/data", target = "/../etc" }]`), `4:38: container "a": bind[0].target = "/../etc": outside the container's root; want an absolute path without "..", like "/srv/data"`},
 		{"bind target dotdot", daemon("a", `bind = [{ source = "/data", target = "/srv/../../etc" }]`), `4:38: container "a": bind[0].target = "/srv/../../etc": outside the container's root`},
-		{"bind target root", daemon("a", "[[container.a.bind]]", `source = "/"`), `5:10: container "a": bind[0].target = "/": want a directory below /; to give the container another root, set rootfs`},
+		{"bind target root", daemon("a", "[[container.a.bind]]", `source = "/srv"`, `target = "/"`), `6:10: container "a": bind[0].target = "/": want a directory below /; to give the container another root, set rootfs`},
 		{"bind target relative", daemon("a", `bind = [{ source = "/data", target = "data" }]`), `4:38: container "a": bind[0].target = "data": want an absolute path`},
 		{"bind target unclean", daemon("a", `bind = [{ source = "/data", target = "/d/./x" }]`), `4:38: container "a": bind[0].target = "/d/./x": want a clean path: "/d/x"`},
 		{"bind target twice", daemon("a", `bind = [{ source = "/a", target = "/x" },`, `  { source = "/b", target = "/x" }]`), `5:29: container "a": bind[1].target = "/x": already the target of bind[0]`},
@@ -336,7 +339,7 @@ func TestParseContainer(t *testing.T) {
 		{"x", "kind = \"user\"\n[[service]]\nname = \"s\"\nexec = [\"s\"]", `/d/x.toml:4:9: service "x/s": exec[0] = "s": want an absolute path`},
 		{"x", "kind = \"user\"\n[container.y]\nkind = \"user\"\nmounts = 1", `/d/x.toml:4:1: container "x/y": unknown key "mounts"`},
 		{"x", "kind = \"daemon\"\nexec = [\"/x\"]\n[container.y]\nkind = \"user\"", `/d/x.toml:3:2: container "x": container: a daemon container has no containers of its own`},
-		{"x", "kind = \"daemon\"\nexec = [\"/x\"]\n[[bind]]\nsource = \"/\"", `/d/x.toml:4:10: container "x": bind[0].target = "/": want a directory below /`},
+		{"x", "kind = \"daemon\"\nexec = [\"/x\"]\n[[bind]]\nsource = \"/srv\"\ntarget = \"/\"", `/d/x.toml:5:10: container "x": bind[0].target = "/": want a directory below /`},
 		{"x", "kind = \"user\"\n[[service]]\nname = \"s\"\nexec = [\"/s\"]\n[container.s]\nkind = \"user\"", `/d/x.toml:5:12: container "x/s": already used by the service at line 3`},
 	}
 	for _, tt := range tests {

@@ -135,6 +135,21 @@ func (c *Container) validate(parent *problems) {
 	})
 }
 
+// NestPrivate are an init's own directories: its config, its children's
+// state (id pool, overlay layers, homes), its logs and its sockets.
+var NestPrivate = []string{"/etc/nest", "/var/lib/nest", "/var/log/nest", "/run/nest"}
+
+// nestPrivate returns the directory of NestPrivate that a bind of source
+// would show (source is it, inside it, or above it), or "".
+func nestPrivate(source string) string {
+	for _, d := range NestPrivate {
+		if source == d || strings.HasPrefix(source, d+"/") || source == "/" || strings.HasPrefix(d, source+"/") {
+			return d
+		}
+	}
+	return ""
+}
+
 func (c *Container) validateBinds(v *problems, ctx string) {
 	targets := map[string]int{}
 	for i, b := range c.Binds {
@@ -146,6 +161,8 @@ func (c *Container) validateBinds(v *problems, ctx string) {
 		default:
 			if why := pathProblem(b.Source); why != "" {
 				v.val([]path{bp.key("source")}, "%sbind[%d].source = %s: %s", ctx, i, strconv.Quote(b.Source), why)
+			} else if private := nestPrivate(b.Source); private != "" {
+				v.val([]path{bp.key("source")}, "%sbind[%d].source = %s: shows the init's own %s (its config, state or logs), which no container may see; bind a directory beside it", ctx, i, strconv.Quote(b.Source), private)
 			} else {
 				srcOK = true
 			}

@@ -14,7 +14,9 @@
 //
 // What it never does: no I/O beyond reading the file that Load is given and
 // the files of the directory that LoadDir is given (an init's
-// containers.d), and no side effects. It does not look at the running
+// containers.d, DirFor), and writing or removing one file there
+// (WriteFile, RemoveFile: atomic and durable, for `nest create` and `nest
+// rm`), and no other side effects. It does not look at the running
 // system (whether a program in exec exists, whether a module can be
 // loaded, whether a mount source is there): the packages that act on the
 // spec report those. The one exception is Container.CheckPaths, which the

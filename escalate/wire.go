@@ -31,12 +31,18 @@ type Message struct {
 var Types = map[string]bool{
 	// The link between a child init and its parent.
 	"spec":     true, // parent → child init: the container spec, in Body
+	"layer":    true, // parent → child init, after a spec: one layer of its root, as the one fd
 	"ready":    true, // child → parent: the child's supervisor is up
 	"state":    true, // child → parent: a unit changed, in Body
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
+	"shell":    true, // parent → child: a shell in a container, with the session socket attached; the reply: none
 	"error":    true, // reply: the request failed; Error says why
+
+	// The session socket of `nest shell`, from the container's init to the CLI.
+	"shell-pty":  true, // the shell's pty master, attached
+	"shell-exit": true, // how the shell's command ended, in Body
 
 	// Escalation, on a child's socket (proto.go).
 	"hello":   true, // broker → client, first: Hello

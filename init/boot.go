@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,7 +24,6 @@ import (
 // Paths of the root container's init.
 const (
 	controlSocket = "/run/nest/nest.sock"
-	containersDir = "/etc/nest/containers.d"
 	runDir        = "/run/nest"
 	logDir        = "/var/log/nest"
 	cgroupRoot    = "/sys/fs/cgroup"
@@ -44,6 +44,7 @@ type booter struct {
 	reaper   *supervise.Reaper
 	sup      *supervise.Supervisor
 	ctl      *supervise.Control
+	admin    *containerAdmin
 	cfg      *config.Config
 	power    chan string
 	stopping bool
@@ -104,6 +105,10 @@ func (b *booter) bootUp() {
 		b.logf("kernel command line: %s", w)
 	}
 	b.cfgPath = b.cmdline.config
+	if b.cmdline.root != "" && mounts.InRamRoot() {
+		// Returns only if the root could not be switched to.
+		b.logf("%v; booting from the initramfs", b.switchRoot())
+	}
 
 	if err := raiseNofile(); err != nil {
 		b.logf("%v", err)
@@ -143,6 +148,7 @@ func (b *booter) bootUp() {
 	b.reaper.OnOrphan = func(pid int, st supervise.ExitStatus) {
 		b.debugf("reaped orphan %d (%s)", pid, st)
 	}
+	ids := sandbox.Pool{Path: sandbox.DefaultPoolPath}
 	b.sup = supervise.New(supervise.Options{
 		Reaper:           b.reaper,
 		Logf:             b.logf,
@@ -150,8 +156,10 @@ func (b *booter) bootUp() {
 		RunDir:           runDir,
 		Cgroups:          servicesCgroup,
 		ContainerCgroups: containersCgroup,
-		IDs:              sandbox.Pool{Path: sandbox.DefaultPoolPath},
+		IDs:              ids,
 	})
+	b.admin = &containerAdmin{cfgPath: b.cfgPath, sup: b.sup, ids: &ids, logf: b.logf,
+		load: func() (*config.Config, error) { return loadConfig(b.cfgPath, true) }}
 	b.serveControl()
 	b.cfg = cfg
 	b.sup.Apply(unitSpecs(cfg))
@@ -197,13 +205,14 @@ func (b *booter) loadConfig() *config.Config {
 		b.logf("nest.shell: emergency shell instead of %s", b.cfgPath)
 		return &config.Config{Source: "nest.shell", Console: config.ConsoleShell}
 	}
-	cfg, err := loadConfig(b.cfgPath)
+	cfg, err := loadConfig(b.cfgPath, true)
 	switch {
+	case err == nil && cfg.Source == config.BuiltIn:
+		b.logf("no %s: using the built-in config", b.cfgPath)
+		return cfg
 	case err == nil:
 		b.logf("config %s", b.cfgPath)
 		return cfg
-	case errors.Is(err, fs.ErrNotExist):
-		b.logf("no %s: using the built-in config", b.cfgPath)
 	default:
 		for _, line := range strings.Split(err.Error(), "\n") {
 			b.logf("config error: %s", line)
@@ -212,16 +221,17 @@ func (b *booter) loadConfig() *config.Config {
 	}
 	cfg = config.Default()
 	cfg.Console = config.ConsoleShell
+	// The emergency system depends on nothing that may fail on this
+	// machine: no user containers (they need a root that can be idmapped).
+	cfg.Containers = slices.DeleteFunc(cfg.Containers, func(c config.Container) bool { return c.Kind == config.KindUser })
 	return cfg
 }
 
 // reload re-reads the config and applies the difference. A file that does
 // not parse changes nothing.
 func (b *booter) reload() error {
-	cfg, err := loadConfig(b.cfgPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		cfg, err = config.Default(), nil
-	}
+	defer b.admin.lock()()
+	cfg, err := loadConfig(b.cfgPath, true)
 	if err != nil {
 		return fmt.Errorf("%w (nothing changed)", err)
 	}
@@ -240,14 +250,20 @@ func (b *booter) reload() error {
 	return nil
 }
 
-// loadConfig reads the config file and the child containers of
-// containers.d beside it.
-func loadConfig(path string) (*config.Config, error) {
+// loadConfig reads the config file at path and the child containers of
+// the containers.d beside it (config.DirFor). With builtin, a missing
+// file is the built-in config (Source config.BuiltIn), with the
+// containers of containers.d all the same: what `nest create` made
+// outlives a reboot.
+func loadConfig(path string, builtin bool) (*config.Config, error) {
 	cfg, err := config.Load(path)
+	if errors.Is(err, fs.ErrNotExist) && builtin {
+		cfg, err = config.Default(), nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := config.LoadDir(cfg, containersDir); err != nil {
+	if err := config.LoadDir(cfg, config.DirFor(path)); err != nil {
 		return nil, err
 	}
 	return cfg, nil
@@ -271,17 +287,27 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 	for _, s := range cfg.Services {
 		specs = append(specs, supervise.Spec{Service: s})
 	}
-	for i := range cfg.Containers {
-		c := &cfg.Containers[i]
-		specs = append(specs, supervise.Spec{
-			Service: config.Service{
-				Name: c.Name, Restart: c.Restart, After: c.After,
-				StopTimeout: c.StopTimeout, StartLimit: c.StartLimit,
-			},
-			Container: c,
-		})
+	return append(specs, containerSpecs(cfg.Containers)...)
+}
+
+// containerSpecs are the units of an init's child containers.
+func containerSpecs(cs []config.Container) []supervise.Spec {
+	var specs []supervise.Spec
+	for i := range cs {
+		specs = append(specs, containerUnit(&cs[i]))
 	}
 	return specs
+}
+
+// containerUnit is the unit of a child container.
+func containerUnit(c *config.Container) supervise.Spec {
+	return supervise.Spec{
+		Service: config.Service{
+			Name: c.Name, Restart: c.Restart, After: c.After,
+			StopTimeout: c.StopTimeout, StartLimit: c.StartLimit,
+		},
+		Container: c,
+	}
 }
 
 // reportReady prints how long nest took from exec to every unit up.
@@ -338,6 +364,7 @@ func (b *booter) serveControl() {
 			}
 		},
 		Reload: b.reload,
+		Admin:  b.admin,
 	}
 	b.ctl = ctl
 	go func() {

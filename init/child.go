@@ -18,6 +18,7 @@ import (
 	"nest/escalate"
 	"nest/mounts"
 	nestnet "nest/net"
+	"nest/rootfs"
 	"nest/sandbox"
 	"nest/supervise"
 )
@@ -41,6 +42,10 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	c := spec.Container
+	layers, err := receiveLayers(link, spec.Layers)
+	if err != nil {
+		return fail("%v", err)
+	}
 
 	hostname := c.Hostname
 	if hostname == "" {
@@ -55,22 +60,42 @@ func childInit(args []string, sigs chan os.Signal) int {
 		}
 	}
 	root := mounts.Root{
-		Base: 4, Binds: binds(c.Binds),
+		Base: 4, Binds: binds(c.Binds), Nesting: c.Sandbox.Nesting, Console: true,
 		PrivateTmp: c.Sandbox.PrivateTmp, MinimalDev: c.Sandbox.PrivateDevices,
 		ProtectProc: c.Sandbox.ProtectProc, ProtectSys: c.Sandbox.ProtectSys,
 		OwnNet: c.Network != "host",
 	}
+	var own *mounts.Layers
+	if layers != nil {
+		root.Base = -1
+		root.Overlay = &mounts.Overlay{State: layers[0], Lowers: layers[1:], Binds: stateBinds(c)}
+		own = &mounts.Layers{State: layers[0], Lowers: layers[1:]}
+	} else {
+		root.Hide = parentState
+	}
 	if err := root.Build(); err != nil {
 		return fail("%v", err)
 	}
-	unix.Close(4)
+	if layers == nil {
+		unix.Close(4)
+	}
 	if spec.EscalationFD > 0 {
 		if err := mounts.AttachParentDir(spec.EscalationFD); err != nil {
 			logf("%v (nest escalate will not reach the parent)", err)
 		}
 	}
+	if err := containerConsole(os.Stdout); err != nil {
+		return fail("%v", err)
+	}
+	if c.Kind == config.KindUser {
+		if err := userEtc(userName(c), hostname); err != nil {
+			return fail("%v", err)
+		}
+	}
+	ownConfig(&c, logf)
+	shells := newShellHost(c) // before any process of the container runs
 
-	servicesCgroup := ""
+	servicesCgroup, containersCgroup := "", ""
 	if spec.Cgroup {
 		// The container's own cgroup, delegated by the parent, is the root
 		// of its cgroup namespace.
@@ -82,6 +107,11 @@ func childInit(args []string, sigs chan os.Signal) int {
 		if servicesCgroup, err = setupRootCgroup(cgroupRoot); err != nil {
 			logf("cgroups: %v (units run without their own cgroups)", err)
 			servicesCgroup = ""
+		} else if len(c.Containers) > 0 || c.Sandbox.Nesting {
+			if containersCgroup, err = containerCgroups(cgroupRoot); err != nil {
+				logf("cgroups: %v (child containers run without limits)", err)
+				containersCgroup = ""
+			}
 		}
 	}
 
@@ -93,13 +123,22 @@ func childInit(args []string, sigs chan os.Signal) int {
 			reaper.Reap()
 		}
 	}()
-	sup := supervise.New(supervise.Options{
+	opts := supervise.Options{
 		Reaper: reaper, Logf: logf, RunDir: runDir, Cgroups: servicesCgroup,
-	})
+		ContainerCgroups: containersCgroup,
+		// Below the root's children ids map one to one, and "host" is
+		// this container's own root.
+		Nested: true, Layers: own,
+		WorkloadUserns: c.Sandbox.Nesting && c.Sandbox.PrivateUsers,
+	}
+	if c.Kind == config.KindUser {
+		opts.LogDir = logDir // the container's own, from its state
+	}
+	sup := supervise.New(opts)
 	if l, err := supervise.ListenControl(controlSocket); err != nil {
 		logf("%v", err)
 	} else {
-		ctl := &supervise.Control{Sup: sup, Version: version}
+		ctl := &supervise.Control{Sup: sup, Version: version, Admin: childAdmin(c, sup, logf)}
 		go ctl.Serve(l)
 	}
 	sup.Apply(childUnits(c))
@@ -110,6 +149,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		daemonDone = watchEnd(sup, c.Name)
 	}
 	parent := supervise.NewParentLink(link)
+	parent.Shells = shells
 	go func() {
 		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {
@@ -218,26 +258,77 @@ func powerOffNamespace(logf func(string, ...any)) int {
 func childUnits(c config.Container) []supervise.Spec {
 	var specs []supervise.Spec
 	if c.Kind == config.KindDaemon {
-		confine := []string{"/proc/self/exe", "confine"}
-		if c.Sandbox.NoNewPrivileges {
-			confine = append(confine, "--nnp")
-		}
-		if !c.Sandbox.Nesting {
-			confine = append(confine, "--caps", "daemon")
-		}
 		specs = append(specs, supervise.Spec{
 			Service: config.Service{
 				Name: c.Name, Exec: c.Exec, Env: c.Env, Dir: c.Dir,
 				Restart: config.RestartNo, StopTimeout: c.StopTimeout, StartLimit: 1,
 			},
 			InheritOutput: true,
-			Confine:       confine,
+			Confine:       workloadConfine(c),
 		})
 	}
 	for _, s := range c.Services {
 		specs = append(specs, supervise.Spec{Service: s})
 	}
-	return specs
+	return append(specs, containerSpecs(c.Containers)...)
+}
+
+// heldLayers keeps the files of this init's layers open for its whole
+// life: its user containers get clones of them.
+var heldLayers []*os.File
+
+// receiveLayers reads the n "layer" messages that follow a user
+// container's spec, one fd each: its state tree, then its lowers.
+func receiveLayers(link *escalate.Conn, n int) ([]int, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if n < 2 || n > mounts.MaxLayers+1 {
+		return nil, fmt.Errorf("spec: %d layers, want 2 to %d", n, mounts.MaxLayers+1)
+	}
+	link.SetDeadline(time.Now().Add(10 * time.Second))
+	defer link.SetDeadline(time.Time{})
+	var fds []int
+	for range n {
+		m, files, err := link.Recv()
+		if err == nil && (m.Type != "layer" || len(files) != 1) {
+			err = fmt.Errorf("want a layer with one fd, got %q with %d", m.Type, len(files))
+		}
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("reading the layers: %w", err)
+		}
+		heldLayers = append(heldLayers, files[0])
+		fds = append(fds, int(files[0].Fd()))
+	}
+	return fds, nil
+}
+
+// parentState are the parent's nest directories, hidden in a container
+// that shows the parent's root: its config, its children's state and its
+// logs are none of the container's business.
+var parentState = []string{"/etc/nest", "/var/lib/nest", "/var/log/nest"}
+
+// stateBinds show a user container's own entries of its state directory:
+// its home, and its own nest config, state and logs in place of the
+// parent's.
+func stateBinds(c config.Container) []mounts.StateBind {
+	return []mounts.StateBind{
+		{Entry: rootfs.Home, Target: "/home/" + userName(c)},
+		{Entry: rootfs.Etc, Target: "/etc/nest"},
+		{Entry: rootfs.Lib, Target: "/var/lib/nest"},
+		{Entry: rootfs.Log, Target: "/var/log/nest"},
+	}
+}
+
+// userName is the user of a user container.
+func userName(c config.Container) string {
+	if c.User != "" {
+		return c.User
+	}
+	return c.Name
 }
 
 // watchEnd delivers the status of unit name once it has ended for good:

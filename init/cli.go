@@ -32,10 +32,17 @@ Verbs that talk to the nearest init's control socket:
   logs [-f] NAME               a unit's output (-f: follow)
   reload                       re-read the config (as SIGHUP does)
   poweroff | reboot            stop everything in order, then power off or reboot
+  create NAME --kind user|daemon [--rootfs DIR|host] [--bind SRC[:DST[:rw]]]...
+         [--network none|host] [--memory SIZE] [--pids N] [--no-start] [-- CMD ARGS]
+                               a container in containers.d (a daemon runs CMD)
+  rm NAME [--force] [--purge]  remove a container of containers.d (--purge: its home too)
+  reset NAME [--force]         drop a user container's changes, keep its home
+  shell NAME [-- CMD ARGS]     a login shell (or CMD) on a new terminal in a container
   approve [ID] | deny ID       answer a child's escalation that waits (approve alone lists them)
 
 NAME is a unit of this init, or a path to one inside a container: alice/dev
-is unit dev of container alice (logs only of this init's own units).
+is unit dev of container alice (logs, create, rm and reset only of this
+init's own units).
 The socket is /run/nest/nest.sock unless --socket or NEST_SOCKET say otherwise.
 Exit status: 0 done, 1 failed, 2 usage.
 `
@@ -62,10 +69,19 @@ type cliArgs struct {
 	args   []string
 }
 
+// ownFlags are the verbs that parse their own flags: what follows the
+// verb goes to them as it is, but for --json and --socket, and
+// everything from -- on.
+var ownFlags = map[string]bool{"create": true, "rm": true, "reset": true, "shell": true}
+
 func parseCLI(args []string) (cliArgs, error) {
 	var c cliArgs
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		if ownFlags[c.verb] && a == "--" {
+			c.args = append(c.args, args[i:]...)
+			break
+		}
 		switch {
 		case a == "--json":
 			c.json = true
@@ -87,6 +103,8 @@ func parseCLI(args []string) (cliArgs, error) {
 			} else {
 				c.args = append(c.args, a)
 			}
+		case ownFlags[c.verb]:
+			c.args = append(c.args, a)
 		case strings.HasPrefix(a, "-") && a != "-":
 			return c, fmt.Errorf("unknown flag %s", a)
 		case c.verb == "":
@@ -222,6 +240,10 @@ func cli(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		return 0
+	case "create", "rm", "reset":
+		return containerVerb(ctx, client, c, stdout, stderr)
+	case "shell":
+		return shellVerb(ctx, client, c, stderr)
 	default:
 		fmt.Fprintf(stderr, "nest: unknown verb %q\n%s", c.verb, usage)
 		return 2
@@ -273,6 +295,9 @@ func printDetail(w io.Writer, st supervise.Status) {
 	fmt.Fprintf(w, "  exec:     %s\n", strings.Join(st.Exec, " "))
 	if st.Memory != 0 {
 		fmt.Fprintf(w, "  memory:   %s\n", formatBytes(st.Memory))
+	}
+	if st.IDs != "" {
+		fmt.Fprintf(w, "  ids:      %s (its root is the first)\n", st.IDs)
 	}
 	fmt.Fprintf(w, "  restart:  %s (%d restarts)\n", st.Restart, st.Restarts)
 	if len(st.After) > 0 {

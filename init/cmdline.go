@@ -15,6 +15,11 @@ type cmdline struct {
 	debug    bool     // nest.debug
 	shell    bool     // nest.shell
 	warnings []string // unknown nest.* words
+
+	// The root file system, as every initramfs reads it: root=/dev/X,
+	// rootfstype=, rootflags=, ro/rw. Empty root: stay on the initramfs.
+	root, rootType, rootFlags string
+	rootRO                    bool
 }
 
 func readCmdline() cmdline {
@@ -33,6 +38,18 @@ func parseCmdline(s string) cmdline {
 	c := cmdline{config: config.DefaultPath}
 	for _, w := range splitCmdline(s) {
 		key, val, hasVal := strings.Cut(w, "=")
+		switch {
+		case key == "root" && hasVal:
+			c.root = val
+		case key == "rootfstype" && hasVal:
+			c.rootType = val
+		case key == "rootflags" && hasVal:
+			c.rootFlags = val
+		case w == "ro":
+			c.rootRO = true
+		case w == "rw":
+			c.rootRO = false
+		}
 		if !strings.HasPrefix(key, "nest.") {
 			continue
 		}

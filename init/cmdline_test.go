@@ -13,6 +13,8 @@ func TestParseCmdline(t *testing.T) {
 		{"console=ttyS0 quiet", cmdline{config: "/etc/nest/nest.toml"}},
 		{"nest.config=/etc/other.toml nest.debug", cmdline{config: "/etc/other.toml", debug: true}},
 		{"nest.shell\n", cmdline{config: "/etc/nest/nest.toml", shell: true}},
+		{"root=/dev/vda rootfstype=ext4 rootflags=noatime ro", cmdline{config: "/etc/nest/nest.toml", root: "/dev/vda", rootType: "ext4", rootFlags: "noatime", rootRO: true}},
+		{"root=/dev/vdb ro rw", cmdline{config: "/etc/nest/nest.toml", root: "/dev/vdb"}},
 		{`nest.config="/a b.toml"`, cmdline{config: "/a b.toml"}},
 		{"nest.bogus=1 nest.config=relative", cmdline{config: "/etc/nest/nest.toml", warnings: []string{
 			`unknown word "nest.bogus=1" ignored (nest knows nest.config=, nest.debug, nest.shell)`,

@@ -22,6 +22,15 @@ import (
 // nothing can request_module() before udev exists). A module that is
 // missing or fails is reported by name; boot goes on.
 func (b *booter) loadModules(names []string) {
+	// Those loaded already (by the initramfs before a switch to the disk
+	// root, or built into the kernel) need no modules directory.
+	var missing []string
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join("/sys/module", normalModule(n))); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	names = missing
 	if len(names) == 0 {
 		return
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"nest/config"
+	"nest/sandbox"
 	"nest/supervise"
 )
 
@@ -33,6 +34,7 @@ type upper struct {
 	reaper  *supervise.Reaper
 	sup     *supervise.Supervisor
 	ctl     *supervise.Control
+	admin   *containerAdmin
 	power   chan string
 }
 
@@ -81,7 +83,7 @@ func up(args []string, sigs chan os.Signal) int {
 			u.cfgPath = config.DefaultPath
 		}
 		var err error
-		if cfg, err = config.Load(u.cfgPath); err != nil {
+		if cfg, err = loadConfig(u.cfgPath, false); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				u.logf("no config at %s (name one with -c, or run a command: nest up -- CMD)", u.cfgPath)
 			} else {
@@ -104,6 +106,8 @@ func up(args []string, sigs chan os.Signal) int {
 			RunDir:  filepath.Dir(*socket),
 			Cgroups: u.cgroups(),
 		})
+		u.admin = &containerAdmin{cfgPath: u.cfgPath, sup: u.sup, ids: &sandbox.Pool{}, logf: u.logf,
+			load: func() (*config.Config, error) { return loadConfig(u.cfgPath, false) }}
 		u.serve(l)
 		u.sup.Apply(upSpecs(cfg))
 	}
@@ -203,7 +207,8 @@ func (u *upper) stopAll() {
 // reload re-reads the config and applies the difference; a bad file
 // changes nothing.
 func (u *upper) reload() error {
-	cfg, err := config.Load(u.cfgPath)
+	defer u.admin.lock()()
+	cfg, err := loadConfig(u.cfgPath, false)
 	if err != nil {
 		return fmt.Errorf("%w (nothing changed)", err)
 	}
@@ -232,6 +237,7 @@ func (u *upper) serve(l net.Listener) {
 			}
 		},
 		Reload: u.reload,
+		Admin:  u.admin,
 	}
 	u.ctl = ctl
 	go func() {

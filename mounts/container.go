@@ -22,8 +22,13 @@ type Root struct {
 	// Base is a detached mount tree (from CloneBase in the parent) that
 	// becomes /. The parent makes it: inside a user namespace every copied
 	// mount is locked, and a bind without the submounts is refused.
-	Base  int
-	Binds []Bind
+	Base int
+	// Overlay, when set, makes / a writable overlay instead of Base.
+	Overlay *Overlay
+	// Nesting keeps what this init's children need to build their roots:
+	// the overlay's layers and a full proc, under LayerDir, hidden.
+	Nesting bool
+	Binds   []Bind
 	// PrivateTmp mounts fresh tmpfs on /tmp, /var/tmp and /run.
 	PrivateTmp bool
 	// MinimalDev mounts a tmpfs /dev with null zero full random urandom
@@ -37,6 +42,13 @@ type Root struct {
 	// own network namespace (OwnNet); without it the parent's is bound.
 	ProtectSys bool
 	OwnNet     bool
+	// Console makes an empty /dev/console in a minimal /dev, for the init
+	// to bind a terminal of its own on.
+	Console bool
+	// Hide covers these directories of the rootfs with an empty read-only
+	// tmpfs where the container could reach them (one that does not exist
+	// or that the container may not search is hidden already).
+	Hide []string
 }
 
 // Bind is one path of the parent shown in the container.
@@ -114,11 +126,17 @@ func (r Root) Build() error {
 		return fmt.Errorf("staging tmpfs on %s: %w", staging, err)
 	}
 	root := filepath.Join(staging, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return fmt.Errorf("staging: %w", err)
-	}
-	if err := unix.MoveMount(r.Base, "", unix.AT_FDCWD, root, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("attach the rootfs: %w", err)
+	if r.Overlay != nil {
+		if err := r.Overlay.mount(staging); err != nil {
+			return err
+		}
+	} else {
+		if err := os.Mkdir(root, 0o755); err != nil {
+			return fmt.Errorf("staging: %w", err)
+		}
+		if err := unix.MoveMount(r.Base, "", unix.AT_FDCWD, root, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("attach the rootfs: %w", err)
+		}
 	}
 	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -128,7 +146,7 @@ func (r Root) Build() error {
 	in := func(p string) string { return filepath.Join(root, p) }
 
 	if r.MinimalDev {
-		if err := minimalDev(rootFD, in("/dev")); err != nil {
+		if err := minimalDev(rootFD, in("/dev"), r.Console); err != nil {
 			return err
 		}
 	} else if err := bindInto(rootFD, "/dev", "/dev", attrDev); err != nil {
@@ -173,6 +191,33 @@ func (r Root) Build() error {
 			return fmt.Errorf("bind %s on %s: %w", b.Source, b.Target, err)
 		}
 	}
+	for _, p := range r.Hide {
+		err := mountIn(rootFD, p, "tmpfs", "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,mode=0755")
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EACCES) {
+			return fmt.Errorf("hide %s: %w", p, err)
+		}
+	}
+	if r.Overlay != nil {
+		if err := r.Overlay.bindState(rootFD); err != nil {
+			return err
+		}
+	}
+	switch {
+	case r.Nesting && r.Overlay != nil:
+		if err := r.Overlay.keepLayers(rootFD); err != nil {
+			return err
+		}
+	case r.Nesting:
+		dir, err := layerDir(rootFD)
+		if err != nil {
+			return err
+		}
+		err = hiddenProc(dir)
+		unix.Close(dir)
+		if err != nil {
+			return err
+		}
+	}
 	return pivot(root)
 }
 
@@ -180,7 +225,11 @@ func (r Root) Build() error {
 // "..", absolute symlinks and symlinks out of the root all resolve within.
 func openIn(rootFD int, path string, flags int) (int, error) {
 	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
-	fd, err := unix.Openat2(rootFD, strings.TrimPrefix(path, "/"), &how)
+	rel := strings.TrimLeft(path, "/")
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := unix.Openat2(rootFD, rel, &how)
 	if err != nil {
 		return -1, fmt.Errorf("%s in the container's root: %w", path, err)
 	}
@@ -303,7 +352,7 @@ func detachedTree(source string, a attrs) (int, error) {
 func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
 // minimalDev mounts a tmpfs on /dev with the few nodes a program needs.
-func minimalDev(rootFD int, dev string) error {
+func minimalDev(rootFD int, dev string, console bool) error {
 	if err := mountIn(rootFD, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
 		return err
 	}
@@ -330,6 +379,14 @@ func minimalDev(rootFD int, dev string) error {
 	}
 	if err := unix.Mount("mqueue", filepath.Join(dev, "mqueue"), "mqueue", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /dev/mqueue: %w", err)
+	}
+	// The container's console: its init binds a terminal here.
+	if console {
+		f, err := os.OpenFile(filepath.Join(dev, "console"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("/dev/console: %w", err)
+		}
+		f.Close()
 	}
 	links := [][2]string{{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}}
 	for _, l := range links {

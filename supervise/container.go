@@ -13,6 +13,7 @@ import (
 	"nest/config"
 	"nest/escalate"
 	"nest/mounts"
+	"nest/rootfs"
 	"nest/sandbox"
 )
 
@@ -22,6 +23,10 @@ type ChildSpec struct {
 	// Cgroup says the child was born in a delegated cgroup v2 of its own,
 	// which it mounts and manages (limits live on its parent side).
 	Cgroup bool `json:"cgroup"`
+	// Layers is how many "layer" messages follow the spec, one fd each:
+	// a user container's state tree, then the lowers of its overlay root,
+	// topmost first. 0: the rootfs is fd 4, shown read-only.
+	Layers int `json:"layers,omitempty"`
 	// EscalationFD, when not 0, is the fd of a detached tree of the
 	// child's escalation directory, for mounts.AttachParentDir.
 	EscalationFD int `json:"escalation_fd,omitempty"`
@@ -48,20 +53,48 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	var ids sandbox.Range
 	if c.Sandbox.PrivateUsers {
 		var err error
-		if ids, err = opts.IDs.Acquire(c.Name); err != nil {
+		if opts.Nested {
+			ids, err = sandbox.IdentityRange(c.Name)
+		} else {
+			ids, err = opts.IDs.Acquire(c.Name)
+		}
+		if err != nil {
 			return fail(err)
 		}
 	}
 
-	rootfs := c.Rootfs
-	if rootfs == "" || rootfs == "host" {
-		rootfs = "/"
+	// A user container gets its root as layers after the start (an
+	// idmapped base needs its user namespace); anything else a read-only
+	// clone of its rootfs as fd 4.
+	user := c.Kind == config.KindUser
+	base := -1
+	var layers []*os.File // each the one owner of its fd
+	defer func() {
+		for _, f := range layers {
+			f.Close()
+		}
+	}()
+	if user {
+		owner := 0
+		if c.Sandbox.PrivateUsers && !opts.Nested {
+			owner = int(ids.Start)
+		}
+		st := rootfs.StateOf(opts.StateRoot, c.Name)
+		if err := st.Prepare(owner); err != nil {
+			return fail(err)
+		}
+		tree, err := mounts.StateTree(st.Dir)
+		if err != nil {
+			return fail(err)
+		}
+		layers = append(layers, os.NewFile(uintptr(tree), "state"))
+	} else {
+		var err error
+		if base, err = mounts.CloneBase(rootfsPath(c)); err != nil {
+			return fail(fmt.Errorf("rootfs %s: %w", rootfsPath(c), err))
+		}
+		cleanup = append(cleanup, func() { unix.Close(base) })
 	}
-	base, err := mounts.CloneBase(rootfs)
-	if err != nil {
-		return fail(fmt.Errorf("rootfs %s: %w", rootfs, err))
-	}
-	cleanup = append(cleanup, func() { unix.Close(base) })
 
 	link, childLink, err := escalate.Pair()
 	if err != nil {
@@ -111,6 +144,10 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if c.Sandbox.PrivateUsers {
 		sys.Cloneflags |= unix.CLONE_NEWUSER
 		sys.UidMappings, sys.GidMappings = ids.UidMappings(), ids.GidMappings()
+		// The mapping is written by this (privileged) init, so the
+		// container may keep setgroups(2): package managers and login
+		// programs drop groups with it.
+		sys.GidMappingsEnableSetgroups = true
 		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 	}
 	if cg != nil {
@@ -126,15 +163,18 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 			return fail(err)
 		}
 	}
-	files := []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd(), uintptr(base)}
-	spec := ChildSpec{Container: c.ForChild(), Cgroup: cg != nil}
+	files := []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd()}
+	if base >= 0 {
+		files = append(files, uintptr(base))
+	}
+	escFD := 0
 	escDir, err := u.sup.escalationDir(c)
 	if err != nil {
 		return fail(err)
 	}
 	if escDir >= 0 {
 		defer unix.Close(escDir)
-		spec.EscalationFD = len(files)
+		escFD = len(files)
 		files = append(files, uintptr(escDir))
 	}
 	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
@@ -149,22 +189,84 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if err != nil {
 		return fail(err)
 	}
-	unix.Close(base)
-	go u.copyLog(logR)
+	failStarted := func(err error) (*Process, *containerRun, *cgroup, error) {
+		proc.Signal(unix.SIGKILL)
+		<-proc.Done()
+		proc.Close()
+		return fail(err)
+	}
 
+	if user {
+		lowers, err := u.userLowers(proc.Pid, c)
+		for _, fd := range lowers {
+			layers = append(layers, os.NewFile(uintptr(fd), "layer"))
+		}
+		if err != nil {
+			return failStarted(fmt.Errorf("container %s: %w", c.Name, err))
+		}
+	}
+	spec := ChildSpec{Container: c.ForChild(), Cgroup: cg != nil, Layers: len(layers), EscalationFD: escFD}
+	if err := sendSpec(link, spec, layers); err != nil {
+		return failStarted(err)
+	}
+	// Only now: a failed start closes logR (the pipe keeps what the
+	// init wrote meanwhile).
+	go u.copyLog(logR)
+	run := newContainerRun(link, c.Name, u.logf)
+	go run.read()
+	return proc, run, cg, nil
+}
+
+// sendSpec sends the spec, then each layer in a message of its own.
+func sendSpec(link *escalate.Conn, spec ChildSpec, layers []*os.File) error {
 	body, err := json.Marshal(spec)
 	if err == nil {
 		err = link.Send(&escalate.Message{Type: msgSpec, Body: body})
 	}
-	if err != nil {
-		proc.Signal(unix.SIGKILL)
-		<-proc.Done()
-		proc.Close()
-		return fail(fmt.Errorf("sending the spec: %w", err))
+	for i := 0; err == nil && i < len(layers); i++ {
+		err = link.Send(&escalate.Message{Type: msgLayer}, layers[i])
 	}
-	run := newContainerRun(link, c.Name, u.logf)
-	go run.read()
-	return proc, run, cg, nil
+	if err != nil {
+		return fmt.Errorf("sending the spec: %w", err)
+	}
+	return nil
+}
+
+// rootfsPath is the path of a container's rootfs in this init's view.
+func rootfsPath(c *config.Container) string {
+	if c.Rootfs == "" || c.Rootfs == config.RootfsHost {
+		return "/"
+	}
+	return c.Rootfs
+}
+
+// userLowers returns the lowers of a user container's overlay root: this
+// init's own layers when it sees "host" below the root's children;
+// otherwise its rootfs, idmapped for the child's user namespace (of the
+// started process pid) where the root init gives it ids of its own.
+func (u *Unit) userLowers(pid int, c *config.Container) ([]int, error) {
+	opts := u.sup.opts
+	if rootfsPath(c) == "/" && opts.Layers != nil {
+		return opts.Layers.ChildLowers()
+	}
+	path := rootfsPath(c)
+	if !c.Sandbox.PrivateUsers || opts.Nested {
+		fd, err := mounts.CloneBase(path)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs %s: %w", path, err)
+		}
+		return []int{fd}, nil
+	}
+	ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("user namespace of the new init: %w", err)
+	}
+	defer unix.Close(ns)
+	fd, err := mounts.IdmappedBase(path, ns)
+	if err != nil {
+		return nil, err
+	}
+	return []int{fd}, nil
 }
 
 // delegate gives a container's cgroup to its mapped root, so that its init

@@ -58,6 +58,8 @@ type Control struct {
 	Reload func() error
 	// StartTimeout bounds how long start and restart wait for the outcome.
 	StartTimeout time.Duration
+	// Admin creates, removes and resets containers (nil: not here).
+	Admin Admin
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -196,6 +198,10 @@ func (c *Control) route(w *reply, r *request) {
 		if len(parts) == 4 {
 			action = parts[3]
 		}
+		if action == "shell" {
+			c.shell(w, r, parts[2])
+			return
+		}
 		if strings.Contains(parts[2], "/") {
 			c.unitPath(w, r, parts[2], action, want)
 			return
@@ -206,6 +212,8 @@ func (c *Control) route(w *reply, r *request) {
 			return
 		}
 		c.unit(w, r, u, action, want)
+	case len(parts) == 4 && parts[1] == "containers":
+		c.admin(w, r, parts[2], parts[3])
 	case parts[1] == "escalations":
 		c.escalations(w, r, parts[2:], want)
 	case len(parts) > 4 && parts[1] == "units":

@@ -24,6 +24,7 @@ import (
 // Link messages (escalate.Types).
 const (
 	msgSpec     = "spec"
+	msgLayer    = "layer"
 	msgReady    = "ready"
 	msgState    = "state"
 	msgSubtree  = "subtree"
@@ -94,12 +95,12 @@ func newContainerRun(link *escalate.Conn, name string, logf func(string, ...any)
 
 // send sends one message; a child that does not read makes it fail after
 // linkSendTimeout rather than hold the caller.
-func (c *containerRun) send(m *escalate.Message) error {
+func (c *containerRun) send(m *escalate.Message, fds ...*os.File) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.link.SetWriteDeadline(time.Now().Add(linkSendTimeout))
 	defer c.link.SetWriteDeadline(time.Time{})
-	return c.link.Send(m)
+	return c.link.Send(m, fds...)
 }
 
 // requestStop asks the child's init to stop its subtree in order.
@@ -166,7 +167,7 @@ func (c *containerRun) dispatch(m *escalate.Message) {
 		}
 	case msgState:
 		// Allowed unasked; nothing uses it yet.
-	case msgSubtree, msgAct, msgError:
+	case msgSubtree, msgAct, msgShell, msgError:
 		c.mu.Lock()
 		w := c.pending[m.ID]
 		if w != nil {
@@ -193,9 +194,9 @@ func (c *containerRun) dispatch(m *escalate.Message) {
 	}
 }
 
-// request sends a request and waits up to timeout for its answer, which
-// must be of the request's own type or an "error".
-func (c *containerRun) request(ctx context.Context, typ string, body any, timeout time.Duration) (*escalate.Message, error) {
+// request sends a request, with fds, and waits up to timeout for its
+// answer, which must be of the request's own type or an "error".
+func (c *containerRun) request(ctx context.Context, typ string, body any, timeout time.Duration, fds ...*os.File) (*escalate.Message, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
@@ -222,7 +223,7 @@ func (c *containerRun) request(ctx context.Context, typ string, body any, timeou
 		c.mu.Unlock()
 	}()
 
-	if err := c.send(&escalate.Message{Type: typ, ID: id, Body: b}); err != nil {
+	if err := c.send(&escalate.Message{Type: typ, ID: id, Body: b}, fds...); err != nil {
 		return nil, fmt.Errorf("asking the container's init: %w", err)
 	}
 	t := time.NewTimer(timeout)
@@ -297,6 +298,9 @@ func (c *containerRun) act(ctx context.Context, action, path string) (Status, er
 // ParentLink is the child init's end of its link: it tells the parent it
 // is ready and answers the parent's requests.
 type ParentLink struct {
+	// Shells opens shells in this init's own container (nil: none).
+	Shells ShellHost
+
 	conn   *escalate.Conn
 	sendMu sync.Mutex
 	busy   chan struct{} // one token per request being answered
@@ -310,7 +314,7 @@ const (
 
 // NewParentLink wraps the link a child init's spec arrived on.
 func NewParentLink(conn *escalate.Conn) *ParentLink {
-	conn.LimitFDs(0) // the parent sends none
+	conn.LimitFDs(1) // the session socket of a shell request; nothing else
 	return &ParentLink{conn: conn, busy: make(chan struct{}, maxAnswering)}
 }
 
@@ -336,11 +340,20 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 	defer cancel()
 	for {
 		m, fds, err := p.conn.Recv()
+		var session *os.File
 		for _, f := range fds {
+			if err == nil && m.Type == msgShell && len(fds) == 1 {
+				session = f // the answer's goroutine owns it
+				continue
+			}
 			f.Close()
 		}
 		if err != nil {
 			return err
+		}
+		if m.Type == msgShell && m.ID != 0 && session == nil {
+			p.refuse(m.ID, "a shell request carries one socket", logf)
+			continue
 		}
 		switch m.Type {
 		case msgShutdown:
@@ -350,15 +363,21 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 				action = "reboot"
 			}
 			shutdown(action)
-		case msgSubtree, msgAct:
+		case msgSubtree, msgAct, msgShell:
 			if m.ID == 0 {
 				logf("link: %s request without an id, ignored", m.Type)
+				if session != nil {
+					session.Close()
+				}
 				continue
 			}
 			select {
 			case p.busy <- struct{}{}:
 			default:
 				p.refuse(m.ID, "busy: too many requests under way", logf)
+				if session != nil {
+					session.Close()
+				}
 				continue
 			}
 			go func() {
@@ -369,7 +388,7 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 						p.refuse(m.ID, "internal error", logf)
 					}
 				}()
-				reply, err := p.answer(ctx, sup, m)
+				reply, err := p.answer(ctx, sup, m, session)
 				if err != nil {
 					p.refuse(m.ID, err.Error(), logf)
 					return
@@ -397,9 +416,12 @@ func (p *ParentLink) refuse(id uint64, text string, logf func(string, ...any)) {
 	}
 }
 
-// answer makes the reply to one subtree or act request.
-func (p *ParentLink) answer(ctx context.Context, sup *Supervisor, m *escalate.Message) (*escalate.Message, error) {
+// answer makes the reply to one subtree, act or shell request; it owns
+// session (a shell's).
+func (p *ParentLink) answer(ctx context.Context, sup *Supervisor, m *escalate.Message, session *os.File) (*escalate.Message, error) {
 	switch m.Type {
+	case msgShell:
+		return p.shell(ctx, sup, m, session)
 	case msgSubtree:
 		q := subtreeRequest{Depth: MaxTreeDepth - 1, TimeoutMS: (TreeTimeout - treeMargin).Milliseconds()}
 		if len(m.Body) > 0 {

@@ -21,7 +21,7 @@ import (
 // fakeContainer adds a running container unit called name to s without
 // starting anything: its link's other end is returned, for the test to
 // play the container's init on.
-func fakeContainer(t *testing.T, s *Supervisor, name string, kind config.Kind) *escalate.Conn {
+func fakeContainer(t testing.TB, s *Supervisor, name string, kind config.Kind) *escalate.Conn {
 	t.Helper()
 	parent, child, err := escalate.Pair()
 	if err != nil {

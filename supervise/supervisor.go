@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"nest/mounts"
 	"nest/sandbox"
 )
 
@@ -33,6 +34,22 @@ type Options struct {
 	// Self is the nest binary that child containers run as their init
 	// (default /proc/self/exe).
 	Self string
+	// Nested says this init is below the root's children: it maps its
+	// children's ids one to one (sandbox.IdentityRange) instead of taking
+	// ranges from IDs, and Layers is its own root.
+	Nested bool
+	// Layers are this init's own root layers, the lowers of its user
+	// containers that see "host" (nil: the root's children get an
+	// idmapped clone of the root file system instead).
+	Layers *mounts.Layers
+	// StateRoot holds the state of each user container (default
+	// rootfs.StateRoot).
+	StateRoot string
+	// WorkloadUserns starts every service in a further user and mount
+	// namespace (ids mapped one to one), where no mount this init made —
+	// the masks of /proc — can be removed. For inits whose units keep
+	// CAP_SYS_ADMIN (containers that may nest).
+	WorkloadUserns bool
 }
 
 // Supervisor runs a set of units.

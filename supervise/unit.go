@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nest/config"
+	"nest/sandbox"
 )
 
 // State is where a unit is in its life.
@@ -104,6 +107,7 @@ type Unit struct {
 	status   string        // STATUS= from sd_notify
 	cgroup   string        // the current run's cgroup directory, if it has one
 	link     *containerRun // the current run's link, for a container
+	tty      *os.File      // a shell session's terminal (openShell); nil for units
 }
 
 func newUnit(s *Supervisor, spec Spec) *Unit {
@@ -457,12 +461,20 @@ func (u *Unit) logf(format string, args ...any) {
 // spawn starts one run of the unit's process.
 func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 	s := u.spec
-	env := []string{"PATH=" + DefaultPath, "HOME=/root"}
+	var env []string
+	// The unit's env replaces these defaults, never doubles them.
+	def := func(k, v string) {
+		if _, set := s.Env[k]; !set {
+			env = append(env, k+"="+v)
+		}
+	}
+	def("PATH", DefaultPath)
+	def("HOME", "/root")
 	if s.TTY != "" {
 		if term := os.Getenv("TERM"); term != "" {
-			env = append(env, "TERM="+term)
+			def("TERM", term)
 		} else {
-			env = append(env, "TERM=linux")
+			def("TERM", "linux")
 		}
 	}
 	for k, v := range s.Env {
@@ -486,6 +498,18 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 	}
 
 	sys := &syscall.SysProcAttr{Setsid: true}
+	if u.sup.opts.WorkloadUserns {
+		// Mounts copied into a less privileged user namespace are locked:
+		// the service cannot remove a mask of this init.
+		ids, err := sandbox.IdentityRange(s.Name)
+		if err != nil {
+			return fail(err)
+		}
+		sys.Cloneflags |= unix.CLONE_NEWUSER | unix.CLONE_NEWNS
+		sys.UidMappings, sys.GidMappings = ids.UidMappings(), ids.GidMappings()
+		sys.GidMappingsEnableSetgroups = true
+		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
 	var files []uintptr
 	var closeAfter []*os.File
 	defer func() {
@@ -494,7 +518,10 @@ func (u *Unit) spawn() (*Process, *notifySocket, *cgroup, error) {
 		}
 	}()
 	var logR *os.File
-	if s.TTY != "" {
+	if u.tty != nil {
+		files = []uintptr{u.tty.Fd(), u.tty.Fd(), u.tty.Fd()}
+		sys.Setctty, sys.Ctty = true, 0
+	} else if s.TTY != "" {
 		tty, err := os.OpenFile(s.TTY, os.O_RDWR|unix.O_NOCTTY, 0)
 		if err != nil {
 			return fail(fmt.Errorf("open %s: %w", s.TTY, err))
@@ -607,6 +634,10 @@ type Status struct {
 	After    []string  `json:"after,omitempty"`
 	// Memory is the run's cgroup memory.current in bytes (0: no cgroup).
 	Memory uint64 `json:"memory,omitempty"`
+	// IDs are the ids of this init's view that a running container's
+	// root and users are, "FIRST-LAST" (a container of its own range), or
+	// "" (a service, or a container that shares this init's ids).
+	IDs string `json:"ids,omitempty"`
 	// Children are a container's units, as its init reports them over the
 	// link (tree listings only); Incomplete says why they are missing or
 	// cut short.
@@ -644,5 +675,31 @@ func (u *Unit) Status() Status {
 	if cg != "" {
 		st.Memory = memoryCurrent(cg)
 	}
+	if u.spec.Container != nil && st.Pid > 0 {
+		st.IDs = mappedIDs(st.Pid)
+	}
 	return st
+}
+
+// mappedIDs reads the ids that pid's user namespace maps, from its
+// uid_map: "FIRST-LAST", or "" where it maps none or this init's own.
+func mappedIDs(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", pid))
+	if err != nil {
+		return ""
+	}
+	own, _ := os.ReadFile("/proc/self/uid_map")
+	if string(b) == string(own) {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return ""
+	}
+	first, err1 := strconv.ParseUint(f[1], 10, 32)
+	n, err2 := strconv.ParseUint(f[2], 10, 32)
+	if err1 != nil || err2 != nil || n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", first, first+n-1)
 }

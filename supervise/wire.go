@@ -49,14 +49,20 @@ var statusText = map[int]string{
 
 func (w *reply) header(code int, contentType string, length int) error {
 	w.sent = true
+	_, err := io.WriteString(w.conn, header(code, contentType, length))
+	return err
+}
+
+// header is the status line and headers of an answer; length -1 leaves
+// out Content-Length (a stream that ends with the connection).
+func header(code int, contentType string, length int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nConnection: close\r\n", code, statusText[code], contentType)
 	if length >= 0 {
 		fmt.Fprintf(&b, "Content-Length: %d\r\n", length)
 	}
 	b.WriteString("\r\n")
-	_, err := io.WriteString(w.conn, b.String())
-	return err
+	return b.String()
 }
 
 // json sends v as the whole response.
@@ -134,23 +140,10 @@ func call(ctx context.Context, socket, method, path string) (int, io.ReadCloser,
 		return 0, nil, err
 	}
 	br := bufio.NewReader(conn)
-	tp := textproto.NewReader(br)
-	line, err := tp.ReadLine()
+	code, hdr, err := readAnswer(br)
 	if err != nil {
 		conn.Close()
-		return 0, nil, fmt.Errorf("reading the answer: %w", err)
-	}
-	_, rest, _ := strings.Cut(line, " ")
-	codeText, _, _ := strings.Cut(rest, " ")
-	code, err := strconv.Atoi(codeText)
-	if err != nil {
-		conn.Close()
-		return 0, nil, fmt.Errorf("malformed status line %q", line)
-	}
-	hdr, err := tp.ReadMIMEHeader()
-	if err != nil {
-		conn.Close()
-		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+		return 0, nil, err
 	}
 	var body io.Reader = br
 	if cl := hdr.Get("Content-Length"); cl != "" {
@@ -162,6 +155,26 @@ func call(ctx context.Context, socket, method, path string) (int, io.ReadCloser,
 		body = io.LimitReader(br, n)
 	}
 	return code, &bodyCloser{Reader: body, conn: conn, stop: stop}, nil
+}
+
+// readAnswer reads the status line and headers of an answer.
+func readAnswer(br *bufio.Reader) (int, textproto.MIMEHeader, error) {
+	tp := textproto.NewReader(br)
+	line, err := tp.ReadLine()
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	_, rest, _ := strings.Cut(line, " ")
+	codeText, _, _ := strings.Cut(rest, " ")
+	code, err := strconv.Atoi(codeText)
+	if err != nil {
+		return 0, nil, fmt.Errorf("malformed status line %q", line)
+	}
+	hdr, err := tp.ReadMIMEHeader()
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	return code, hdr, nil
 }
 
 type bodyCloser struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -91,4 +92,19 @@ func parseExt4Clean(dump []byte) (bool, error) {
 		return false, fmt.Errorf("dumpe2fs output has no Filesystem state line")
 	}
 	return state == "clean" && !recovery, nil
+}
+
+// NewExt4ImageOf writes img's tree into a new ext4 file system image at
+// path of sizeMB: a guest's disk root (root=/dev/vda), or a base for user
+// containers.
+func NewExt4ImageOf(path string, sizeMB int, img *Image) error {
+	tree, err := os.MkdirTemp(filepath.Dir(path), ".tree-")
+	if err != nil {
+		return fmt.Errorf("ext4 image %s: %w", path, err)
+	}
+	defer os.RemoveAll(tree)
+	if err := img.WriteDir(tree); err != nil {
+		return fmt.Errorf("ext4 image %s: %w", path, err)
+	}
+	return NewExt4ImageFrom(path, sizeMB, tree)
 }

@@ -421,3 +421,53 @@ func xzFile(path string) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// WriteDir writes the image's files into the host directory dir (which
+// must exist), for a disk image made with NewExt4ImageFrom: the same tree
+// a guest gets as its initramfs, here as a file system of its own.
+// Character devices are left out (a disk's /dev is mounted over).
+func (img *Image) WriteDir(dir string) error {
+	if img.err != nil {
+		return fmt.Errorf("write %s: %w", dir, img.err)
+	}
+	for _, gp := range img.Paths() {
+		e := img.entries[gp[1:]]
+		p := filepath.Join(dir, gp)
+		var err error
+		switch e.kind {
+		case kindDir:
+			if err = os.MkdirAll(p, 0o755); err == nil {
+				err = os.Chmod(p, os.FileMode(e.mode&0o777)|modeBits(e.mode))
+			}
+		case kindFile:
+			var data []byte
+			if data, err = os.ReadFile(e.host); err == nil {
+				err = os.WriteFile(p, data, os.FileMode(e.mode&0o777))
+			}
+		case kindBytes:
+			err = os.WriteFile(p, e.data, os.FileMode(e.mode&0o777))
+		case kindSymlink:
+			err = os.Symlink(string(e.data), p)
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %s: %w", dir, gp, err)
+		}
+	}
+	return nil
+}
+
+// modeBits turns the sticky, setuid and setgid bits of Unix permission
+// bits into os.FileMode's.
+func modeBits(m uint64) os.FileMode {
+	var out os.FileMode
+	if m&0o1000 != 0 {
+		out |= os.ModeSticky
+	}
+	if m&0o2000 != 0 {
+		out |= os.ModeSetgid
+	}
+	if m&0o4000 != 0 {
+		out |= os.ModeSetuid
+	}
+	return out
+}

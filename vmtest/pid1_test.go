@@ -277,6 +277,146 @@ func TestPID1Containers(t *testing.T) {
 	mustContain(t, r, "nest: web: started (pid", "nest: web: ready")
 }
 
+const nestingConfig = `# The nesting scenario of vmtest/pid1_test.go.
+modules = ["virtio_pci", "virtio_blk", "ext4"]
+console = "none"
+
+# The base user containers see: an ext4 disk (idmapped mounts need a file
+# system that allows them; the initramfs does not on Linux 6.1).
+[[mount]]
+source  = "/dev/vda"
+target  = "/base"
+type    = "ext4"
+options = ["ro"]
+
+# Their state on a file system of its own: an overlay refuses a lower
+# layer (a parent's upper) inside another (the base) on one file system.
+[[mount]]
+source = "/dev/vdb"
+target = "/var/lib/nest"
+type   = "ext4"
+
+[container.alice]
+kind   = "user"
+rootfs = "/base"
+memory = "256M"
+pids   = 512
+
+[[container.alice.service]]
+name    = "probe"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "userprobe" }
+restart = "no"
+
+[container.alice.container.dev]
+kind = "user"
+
+[container.alice.container.dev.container.leaf]
+kind    = "daemon"
+exec    = ["/tests/pid1.test"]
+env     = { NEST_GUEST_HELPER = "probe" }
+restart = "no"
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestNesting"]
+restart = "no"
+`
+
+// TestPID1Nesting boots a tree of four levels — root → user container →
+// user container → daemon container — on an ext4 base, and checks it from
+// the root and from inside (vmtest/pid1/nesting_test.go): the tree in nest
+// ls --tree, what a user may do in their container (copy-up the parent
+// does not see, a home, their name), the escape list at levels 2 and 4,
+// masks locked for the workloads, stop leaving nothing, reset keeping the
+// home.
+func TestPID1Nesting(t *testing.T) {
+	t.Parallel()
+	nest, tests := builds(t)
+	base := NewImage()
+	if err := base.AddBusybox(); err != nil {
+		t.Fatal(err)
+	}
+	base.AddFile("/tests/pid1.test", tests, 0o755)
+	base.AddFile("/bin/nest", nest, 0o755)
+	base.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	base.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/usr/bin"} {
+		base.AddDir(d, 0o755)
+	}
+	dir := t.TempDir()
+	baseDisk, stateDisk := filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
+	if err := NewExt4ImageOf(baseDisk, 96, base); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewExt4Image(stateDisk, 128); err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: nestingConfig, modules: Ext4Modules}.image(t),
+		Disks:  []string{baseDisk, stateDisk},
+		Memory: 1024,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: alice: started (pid", "nest: alice: ready")
+	if strings.Contains(r.Console, "CONSOLE-OF-ALICE") {
+		t.Error("alice's /dev/console reached the root's console")
+	}
+}
+
+// TestPID1RootDisk boots the way a disk-installed system does: nest is the
+// initramfs's /init, loads the disk drivers its config lists, mounts
+// root=/dev/vda and starts again from it, with the disk's config. There /
+// is ext4, so a user container can see the machine's own root ("host")
+// through an idmapped overlay (vmtest/pid1/rootdisk_test.go).
+func TestPID1RootDisk(t *testing.T) {
+	t.Parallel()
+	nest, tests := builds(t)
+	sys := NewImage()
+	if err := sys.AddBusybox(); err != nil {
+		t.Fatal(err)
+	}
+	sys.AddFile("/tests/pid1.test", tests, 0o755)
+	sys.AddFile("/bin/nest", nest, 0o755)
+	sys.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	sys.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	sys.AddBytes("/etc/nest/nest.toml", []byte(rootDiskConfig), 0o644)
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/var/lib", "/usr/bin"} {
+		sys.AddDir(d, 0o755)
+	}
+	disk := filepath.Join(t.TempDir(), "root.img")
+	if err := NewExt4ImageOf(disk, 96, sys); err != nil {
+		t.Fatal(err)
+	}
+	initramfs := "modules = [\"virtio_pci\", \"virtio_blk\", \"ext4\"]\nconsole = \"none\"\n"
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: initramfs, modules: Ext4Modules}.image(t),
+		Disks:  []string{disk},
+		Append: []string{"root=/dev/vda"},
+		Memory: 1024,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: root=/dev/vda: ext4 mounted as /, starting again from it", "nest: alice: ready")
+}
+
+const rootDiskConfig = `# The disk's own config in the root-disk scenario of vmtest/pid1_test.go.
+console = "none"
+
+[container.alice]
+kind = "user"
+
+[[container.alice.service]]
+name = "work"
+exec = ["/bin/sh", "-c", "echo installed > /usr/from-alice; exec sleep 100000"]
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestRootDisk"]
+restart = "no"
+`
+
 func slicesContains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {

@@ -45,6 +45,8 @@ func helper(name string) int {
 		return writer()
 	case "probe":
 		return probe()
+	case "userprobe":
+		return userProbe()
 	case "escalate":
 		return escalateHelper()
 	}
