@@ -19,6 +19,7 @@ import (
 	"nest/config"
 	"nest/escalate"
 	"nest/mounts"
+	"nest/sandbox"
 )
 
 // An init's side of escalation (docs/control-api.md, "Escalation"): for
@@ -357,6 +358,19 @@ func (e *escalation) spawn() (*brokerRun, error) {
 		argv = append(argv, "--audit", filepath.Join(opts.LogDir, "escalate.log"))
 	}
 	sys := &syscall.SysProcAttr{Setsid: true}
+	if opts.WorkloadUserns {
+		// Sessions run where this init's services run: in a further user
+		// and mount namespace, where no mask of this init can be removed.
+		ids, err := sandbox.IdentityRange("escalation broker")
+		if err != nil {
+			ctl.Close()
+			return nil, err
+		}
+		sys.Cloneflags |= unix.CLONE_NEWUSER | unix.CLONE_NEWNS
+		sys.UidMappings, sys.GidMappings = ids.UidMappings(), ids.GidMappings()
+		sys.GidMappingsEnableSetgroups = true
+		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
 	if dir := e.cgroupDir(); dir != "" {
 		e.removeCgroup() // what a broker before left
 		if err := os.Mkdir(dir, 0o755); err == nil || errors.Is(err, os.ErrExist) {

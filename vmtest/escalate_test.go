@@ -20,6 +20,33 @@ import (
 // check what it reports and the root's audit log.
 const escalateConfig = `# The escalate scenario of vmtest/escalate_test.go.
 console = "none"
+modules = ["virtio_pci", "virtio_blk", "ext4"]
+
+# For the user container mid: its base and its state (as in the nesting
+# scenario).
+[[mount]]
+source  = "/dev/vda"
+target  = "/base"
+type    = "ext4"
+options = ["ro"]
+
+[[mount]]
+source = "/dev/vdb"
+target = "/var/lib/nest"
+type   = "ext4"
+
+# Two levels: leaf escalates into mid, and through mid into the root.
+[container.mid]
+kind     = "user"
+rootfs   = "/base"
+escalate = "allow"
+
+[container.mid.container.leaf]
+kind     = "daemon"
+exec     = ["/tests/pid1.test"]
+env      = { NEST_GUEST_HELPER = "escalate" }
+escalate = "allow"
+restart  = "no"
 
 [container.allow]
 kind     = "daemon"
@@ -88,7 +115,8 @@ func testKeyPair(t *testing.T, comment string) (private, public string) {
 // of broken packets the broker survives; key by file and by agent, and a
 // wrong key; password right, wrong, locked out; confirm by nest approve
 // and nest deny in the root), with every attempt in the audit log and on
-// the console.
+// the console; and two levels: a daemon container inside a user container
+// escalates into it, and through it into the root, never directly.
 func TestPID1Escalate(t *testing.T) {
 	t.Parallel()
 	good, goodPub := testKeyPair(t, "good@test")
@@ -97,12 +125,15 @@ func TestPID1Escalate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	baseDisk, stateDisk := userDisks(t)
 	vm := &VM{
 		Kernel: TestKernel(t),
 		Initrd: scenario{
-			config: fmt.Sprintf(escalateConfig, goodPub, hash),
-			files:  map[string]string{"/etc/nest-test/good": good, "/etc/nest-test/other": other},
+			config:  fmt.Sprintf(escalateConfig, goodPub, hash),
+			modules: Ext4Modules,
+			files:   map[string]string{"/etc/nest-test/good": good, "/etc/nest-test/other": other},
 		}.image(t),
+		Disks:   []string{baseDisk, stateDisk},
 		Memory:  1024,
 		Timeout: 5 * time.Minute,
 	}

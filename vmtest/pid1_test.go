@@ -332,26 +332,7 @@ restart = "no"
 // home.
 func TestPID1Nesting(t *testing.T) {
 	t.Parallel()
-	nest, tests := builds(t)
-	base := NewImage()
-	if err := base.AddBusybox(); err != nil {
-		t.Fatal(err)
-	}
-	base.AddFile("/tests/pid1.test", tests, 0o755)
-	base.AddFile("/bin/nest", nest, 0o755)
-	base.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
-	base.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
-	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/usr/bin"} {
-		base.AddDir(d, 0o755)
-	}
-	dir := t.TempDir()
-	baseDisk, stateDisk := filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
-	if err := NewExt4ImageOf(baseDisk, 96, base); err != nil {
-		t.Fatal(err)
-	}
-	if err := NewExt4Image(stateDisk, 128); err != nil {
-		t.Fatal(err)
-	}
+	baseDisk, stateDisk := userDisks(t)
 	vm := &VM{
 		Kernel: TestKernel(t),
 		Initrd: scenario{config: nestingConfig, modules: Ext4Modules}.image(t),
@@ -363,6 +344,34 @@ func TestPID1Nesting(t *testing.T) {
 	if strings.Contains(r.Console, "CONSOLE-OF-ALICE") {
 		t.Error("alice's /dev/console reached the root's console")
 	}
+}
+
+// userDisks makes the two disks of a scenario with user containers: their
+// base (busybox, nest, the guest tests, a root in /etc/passwd) and an
+// empty one for their state.
+func userDisks(t *testing.T) (base, state string) {
+	t.Helper()
+	nest, tests := builds(t)
+	img := NewImage()
+	if err := img.AddBusybox(); err != nil {
+		t.Fatal(err)
+	}
+	img.AddFile("/tests/pid1.test", tests, 0o755)
+	img.AddFile("/bin/nest", nest, 0o755)
+	img.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	img.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/usr/bin"} {
+		img.AddDir(d, 0o755)
+	}
+	dir := t.TempDir()
+	base, state = filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
+	if err := NewExt4ImageOf(base, 96, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewExt4Image(state, 128); err != nil {
+		t.Fatal(err)
+	}
+	return base, state
 }
 
 // TestPID1RootDisk boots the way a disk-installed system does: nest is the

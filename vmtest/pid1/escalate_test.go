@@ -76,6 +76,8 @@ func escalateHelper() int {
 			out, errOut, code := withPassword(pw, "id", "-u")
 			say("pw"+strconv.Itoa(i), strconv.Quote(out), code, strconv.Quote(strings.TrimSpace(errOut)))
 		}
+	case "leaf":
+		chain(say)
 	case "confirm":
 		for _, name := range []string{"approved", "denied"} {
 			out, errOut, code := escalateCmd(nil, "--", "id", "-u")
@@ -88,6 +90,39 @@ func escalateHelper() int {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// chainReport is where the leaf's report lands in the root: written by a
+// command it ran there through its parent.
+const chainReport = "/run/escalate-chain"
+
+// chain runs in leaf, a daemon container inside the user container mid:
+// one escalation reaches mid, two reach the root. The report goes to the
+// root the same way, on the stdin of a command two levels up (the fd
+// passed on at each level).
+func chain(say func(string, ...any)) {
+	var report strings.Builder
+	line := func(name string, v ...any) {
+		say(name, v...)
+		fmt.Fprintf(&report, "%s %s\n", name, strings.TrimSpace(fmt.Sprintln(v...)))
+	}
+	own, _ := os.Readlink("/proc/self/ns/pid")
+	line("leaf-ns", own)
+	out, errOut, code := escalateCmd(nil, "--", "readlink", "/proc/self/ns/pid")
+	line("mid-ns", strings.TrimSpace(out), code, strconv.Quote(strings.TrimSpace(errOut)))
+	out, errOut, code = escalateCmd(nil, "--", "nest", "escalate", "--", "readlink", "/proc/self/ns/pid")
+	line("root-ns", strings.TrimSpace(out), code, strconv.Quote(strings.TrimSpace(errOut)))
+	entries, _ := os.ReadDir("/run/nest")
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	line("run-nest", strings.Join(names, ","))
+	cmd := exec.Command("/bin/nest", "escalate", "--", "nest", "escalate", "--", "sh", "-c", "cat > "+chainReport+".new && mv "+chainReport+".new "+chainReport)
+	cmd.Env = []string{"PATH=/bin:/sbin"}
+	cmd.Stdin = strings.NewReader(report.String())
+	b, err := cmd.CombinedOutput()
+	say("report", err, strconv.Quote(string(b)))
 }
 
 // escalateCmd runs nest escalate ARGS with stdin from /dev/null.
@@ -452,4 +487,34 @@ func TestEscalateConfirm(t *testing.T) {
 	}
 	auditHas(t, "child=confirm", "method=confirm", "result=exited")
 	auditHas(t, "child=confirm", "method=confirm", "result=refused", "denied in the parent")
+}
+
+// TestEscalateChain: from leaf (root → mid → leaf) one nest escalate
+// reaches mid, two reach the root; the root hears only of mid.
+func TestEscalateChain(t *testing.T) {
+	var b []byte
+	until(t, 3*time.Minute, "the leaf's report in the root", func() bool {
+		var err error
+		b, err = os.ReadFile(chainReport)
+		return err == nil
+	})
+	l := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, value, _ := strings.Cut(line, " ")
+		l[name] = value
+	}
+	ownNS, _ := os.Readlink("/proc/self/ns/pid")
+	want(t, "leaf", l, "root-ns", ownNS+` 0 ""`)
+	midNS, _, _ := strings.Cut(l["mid-ns"], " ")
+	if !strings.HasSuffix(l["mid-ns"], ` 0 ""`) || midNS == ownNS || midNS == l["leaf-ns"] || !strings.HasPrefix(midNS, "pid:[") {
+		t.Errorf("one level up from leaf: %q; want mid's own pid namespace (leaf %s, root %s)", l["mid-ns"], l["leaf-ns"], ownNS)
+	}
+	// The root's audit: mid asked (twice, for leaf); leaf never did.
+	auditHas(t, "child=mid", `command="readlink /proc/self/ns/pid"`, "result=exited")
+	log, _ := os.ReadFile(escalateLog)
+	if strings.Contains(string(log), "child=leaf") {
+		t.Errorf("the root heard from leaf directly:\n%s", log)
+	}
+	// leaf's /run/nest holds its parent's directory, nothing of the root.
+	want(t, "leaf", l, "run-nest", "nest.sock,parent")
 }
