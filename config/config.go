@@ -19,6 +19,7 @@ const BuiltIn = "built-in"
 // What runs on /dev/console (Config.Console).
 const (
 	ConsoleShell = "shell" // a root shell
+	ConsoleLogin = "login" // a login prompt into the user containers
 	ConsoleNone  = "none"  // nothing
 )
 
@@ -52,7 +53,7 @@ type Config struct {
 	Source   string // file path it came from, or BuiltIn
 	Hostname string // "" keeps the current hostname
 	Modules  []string
-	Console  string // ConsoleShell or ConsoleNone
+	Console  string // ConsoleShell, ConsoleLogin or ConsoleNone
 	Mounts   []Mount
 	Services []Service
 	// Containers are the child containers: [container.NAME] tables, and

@@ -174,8 +174,8 @@ func TestParseErrors(t *testing.T) {
 		{"hostname long", `hostname = "` + strings.Repeat("a", 65) + `"`, `1:12: hostname = "aaaa`},
 		{"module bad", `modules = ["veth", "a/b"]`, `1:20: modules[1] = "a/b": want a kernel module name`},
 		{"module twice", `modules = ["nf_nat", "nf-nat"]`, `1:22: modules[1] = "nf-nat": already listed as modules[0]`},
-		{"console login", `console = "login"`, `1:11: console = "login": not supported yet; want "shell" or "none"`},
-		{"console bad", `console = "serial"`, `1:11: console = "serial": want "shell" or "none"`},
+		{"console login name", "console = \"login\"\n" + svc("console", ""), `3:8: service "console": name = "console": taken by the console's login prompt (console = "login"); pick another name or set console = "none"`},
+		{"console bad", `console = "serial"`, `1:11: console = "serial": want "shell", "login" or "none"`},
 
 		// Mounts.
 		{"mount target relative", "[[mount]]\nsource = \"tmpfs\"\ntarget = \"tmp\"\ntype = \"tmpfs\"", `3:10: mount "tmp": target = "tmp": want an absolute path`},
@@ -283,13 +283,13 @@ func TestValidate(t *testing.T) {
 		want string
 	}{
 		{"valid", Config{Source: "x", Console: ConsoleNone, Services: []Service{ok}}, ""},
-		{"no console", Config{Source: "x"}, `x: console = "": want "shell" or "none"`},
+		{"no console", Config{Source: "x"}, `x: console = "": want "shell", "login" or "none"`},
 		{"zero service", Config{Source: "x", Console: ConsoleShell, Services: []Service{{Name: "a", Exec: []string{"/a"}}}},
 			`x: service "a": restart = "": want "always", "on-failure" or "no"` + "\n" +
 				`x: service "a": stop_timeout = "0s": want a duration above 0 and at most 1h`},
 		{"duplicate", Config{Source: "x", Console: ConsoleShell, Services: []Service{ok, ok}},
 			`x: service "a": name = "a": already used by service[0]; rename or remove one of them`},
-		{"no source", Config{Console: "?"}, `console = "?": want "shell" or "none"`},
+		{"no source", Config{Console: "?"}, `console = "?": want "shell", "login" or "none"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

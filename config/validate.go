@@ -29,11 +29,9 @@ func (c *Config) validate(v *problems) {
 		}
 	}
 	switch c.Console {
-	case ConsoleShell, ConsoleNone:
-	case "login":
-		v.val([]path{top.key("console")}, `console = "login": not supported yet; want "shell" or "none"`)
+	case ConsoleShell, ConsoleLogin, ConsoleNone:
 	default:
-		v.val([]path{top.key("console")}, `console = %s: want "shell" or "none"`, strconv.Quote(c.Console))
+		v.val([]path{top.key("console")}, `console = %s: want "shell", "login" or "none"`, strconv.Quote(c.Console))
 	}
 	for i, m := range c.Mounts {
 		m.validate(v, top.key("mount").idx(i), i)
@@ -50,6 +48,9 @@ func (c *Config) reserved() func(name string) string {
 	return func(name string) string {
 		if name == ConsoleUnit && c.Console == ConsoleShell {
 			return `taken by the console shell (console = "shell"); pick another name or set console = "none"`
+		}
+		if name == ConsoleUnit && c.Console == ConsoleLogin {
+			return `taken by the console's login prompt (console = "login"); pick another name or set console = "none"`
 		}
 		return ""
 	}

@@ -310,7 +310,10 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	if pol.Method == MethodKey {
 		var err error
 		if keys, err = authorizedKeys(&pol); err != nil {
+			// The parent's fault, not the child's: refused below, never
+			// counted as a failed proof.
 			b.Logf("escalate: %s: %v", c.name, err)
+			keys = nil
 		}
 		for _, k := range keys {
 			hello.Keys = append(hello.Keys, ssh.FingerprintSHA256(k))
@@ -402,6 +405,9 @@ func (b *Broker) prove(c *childSocket, conn *Conn, pol *Policy, keys []ssh.Publi
 		return &refusal{"refused", fmt.Sprintf("escalation from container %s is denied (escalate = \"deny\" in the parent's config)", quote(c.name))}
 	case MethodConfirm:
 		return b.confirm(c, conn, a)
+	}
+	if pol.Method == MethodKey && len(keys) == 0 {
+		return &refusal{"refused", "the parent has no key for this container it can read (see its console)"}
 	}
 	auth, err := recvAuth(conn)
 	if err != nil {

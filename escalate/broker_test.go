@@ -393,6 +393,14 @@ func TestBrokerKey(t *testing.T) {
 	sock2 := tb.listen(t, "bob", Policy{Method: MethodKey, KeysFile: keysFile})
 	run(t, sock2, []string{"true"}, withFile(other.file)).ok(t, "keys_file")
 	run(t, sock2, []string{"true"}, withFile(good.file)).fails(t, "key not in keys_file", "tried "+good.file)
+	// A keys_file the parent cannot read: refused, and no failure counted
+	// against the child.
+	os.Remove(keysFile)
+	for range MaxFailures + 1 {
+		run(t, sock2, []string{"true"}, withFile(other.file)).refused(t, "no keys_file", "the parent has no key for this container")
+	}
+	os.WriteFile(keysFile, []byte(other.line+"\n"), 0o600)
+	run(t, sock2, []string{"true"}, withFile(other.file)).ok(t, "keys_file back")
 }
 
 // A signature the client forges past its own checks: a signature by a

@@ -284,6 +284,9 @@ func unitSpecs(cfg *config.Config) []supervise.Spec {
 			TTY: "/dev/console",
 		})
 	}
+	if cfg.Console == config.ConsoleLogin {
+		specs = append(specs, loginUnit(cfg.Source))
+	}
 	for _, s := range cfg.Services {
 		specs = append(specs, supervise.Spec{Service: s})
 	}

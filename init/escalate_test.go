@@ -65,10 +65,9 @@ restart  = "no"
 	if err := os.WriteFile(f.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{allow, deny, confirm} {
-		t.Cleanup(func() { os.Remove(filepath.Join(logDir, n+".log")) })
-	}
-	r := startNest(t, ctx, upModes[0], "up", "-c", f.conf, "--socket", f.sock)
+	// In a mount namespace of its own, with /var/log/nest in memory: the
+	// audit log stays the test's.
+	r, _ := upInNamespace(t, ctx, f)
 	logs := func(name string) string {
 		out, _, _ := nestCLI(ctx, "--socket", f.sock, "logs", name)
 		return out

@@ -10,7 +10,7 @@
 //   - CLI: every other verb talks to the nearest init's control socket.
 //
 // Hidden internal modes (reboot-helper, run-init, child-init, confine,
-// escalate-broker) are registered in one table and checked before
+// escalate-broker, login) are registered in one table and checked before
 // anything else.
 package main
 
@@ -100,6 +100,7 @@ func init() {
 		"child-init":    childInit,
 		"confine":       confine,
 		brokerMode:      broker,
+		"login":         loginMode,
 	}
 }
 

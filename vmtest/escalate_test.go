@@ -19,7 +19,8 @@ import (
 // escalate from inside (vmtest/pid1/escalate_test.go); the root's tests
 // check what it reports and the root's audit log.
 const escalateConfig = `# The escalate scenario of vmtest/escalate_test.go.
-console = "none"
+console = "login"
+hostname = "nestvm"
 modules = ["virtio_pci", "virtio_blk", "ext4"]
 
 # For the user container mid: its base and its state (as in the nesting
@@ -37,9 +38,10 @@ type   = "ext4"
 
 # Two levels: leaf escalates into mid, and through mid into the root.
 [container.mid]
-kind     = "user"
-rootfs   = "/base"
-escalate = "allow"
+kind          = "user"
+rootfs        = "/base"
+escalate      = "allow"
+password_hash = %[2]q    # console = "login" lets its user in
 
 [container.mid.container.leaf]
 kind     = "daemon"
@@ -66,7 +68,7 @@ kind     = "daemon"
 exec     = ["/tests/pid1.test"]
 env      = { NEST_GUEST_HELPER = "escalate" }
 escalate = "key"
-keys     = [%q]
+keys     = [%[1]q]
 restart  = "no"
 
 [container.pw]
@@ -74,7 +76,7 @@ kind          = "daemon"
 exec          = ["/tests/pid1.test"]
 env           = { NEST_GUEST_HELPER = "escalate" }
 escalate      = "password"
-password_hash = %q
+password_hash = %[2]q
 restart       = "no"
 
 [container.confirm]
@@ -116,7 +118,8 @@ func testKeyPair(t *testing.T, comment string) (private, public string) {
 // wrong key; password right, wrong, locked out; confirm by nest approve
 // and nest deny in the root), with every attempt in the audit log and on
 // the console; and two levels: a daemon container inside a user container
-// escalates into it, and through it into the root, never directly.
+// escalates into it, and through it into the root, never directly; and
+// the console's login prompt (console = "login") into the user container.
 func TestPID1Escalate(t *testing.T) {
 	t.Parallel()
 	good, goodPub := testKeyPair(t, "good@test")
@@ -139,6 +142,7 @@ func TestPID1Escalate(t *testing.T) {
 	}
 	r := RunTest(t, vm)
 	mustContain(t, r,
+		"nestvm login: ", // the console's prompt
 		"nest: escalate: child=deny ",
 		"nest: escalate: child=allow ",
 		"result=allowed",

@@ -518,3 +518,57 @@ func TestEscalateChain(t *testing.T) {
 	// leaf's /run/nest holds its parent's directory, nothing of the root.
 	want(t, "leaf", l, "run-nest", "nest.sock,parent")
 }
+
+// TestEscalateLogin: the console's login prompt, run here on a pty of the
+// test's: a wrong password is refused, mid's right one lands in a shell
+// inside mid.
+func TestEscalateLogin(t *testing.T) {
+	term, slave, err := newTerminal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer term.master.Close()
+	cmd := exec.Command("/bin/nest", "login", "-c", "/etc/nest/nest.toml")
+	cmd.Env = []string{"PATH=/bin:/sbin", "TERM=xterm"}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	defer cmd.Process.Kill()
+	step := func(input, want string, at int) int {
+		t.Helper()
+		term.typeIn(input)
+		next, ok := term.wait(want, at)
+		if !ok {
+			t.Fatalf("typed %q: no %q on the screen: %q", input, want, term.String())
+		}
+		return next
+	}
+	at, ok := term.wait("nestvm login: ", 0)
+	if !ok {
+		t.Fatalf("no prompt: %q", term.String())
+	}
+	at = step("mid\n", "Password: ", at)
+	at = step("wrong\n", "Login incorrect", at)
+	at = step("mid\n", "Password: ", at)
+	term.typeIn(testPasswd + "\n")
+	time.Sleep(2 * time.Second) // nest shell takes the terminal
+	ownNS, _ := os.Readlink("/proc/self/ns/pid")
+	at = step("hostname; id -u; readlink /proc/self/ns/pid\r", "mid\r\n0\r\npid:[", at)
+	if strings.Contains(term.String()[at:], ownNS) {
+		t.Errorf("the login's shell runs in the root's pid namespace: %q", term.String())
+	}
+	term.typeIn("exit 4\r")
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		if code := cmd.ProcessState.ExitCode(); code != 4 {
+			t.Errorf("the login ended %d, want 4 (the shell's)", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("the login's shell did not end: %q", term.String())
+	}
+}
