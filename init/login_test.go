@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,26 +33,9 @@ func TestLogin(t *testing.T) {
 	r, _ := upInNamespace(t, ctx, f)
 	f.waitUnits(t, ctx, r, a+" running", running(a))
 
-	master, slave, err := openPTY()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	t.Cleanup(func() { master.Close() })
 	cmd := exec.CommandContext(ctx, nestBin, "login", "-c", f.conf)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.Env = []string{"TERM=xterm", "NEST_SOCKET=" + f.sock}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	cmd.WaitDelay = 3 * time.Second
-	login, err := launch(t, upModes[0], cmd)
-	slave.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	term := &terminal{master: master, run: login, out: newOutput(), read: make(chan struct{})}
-	go func() {
-		io.Copy(term.out, master)
-		close(term.read)
-	}()
+	term := onPTY(t, 24, 80, cmd)
 	expect := func(want string) {
 		t.Helper()
 		if !term.out.waitFor(ctx, want) {

@@ -26,6 +26,14 @@ type terminal struct {
 // of a new pty of rows×cols, the way a person's terminal runs it.
 func shellOnPTY(t *testing.T, ctx context.Context, f *servicesFixture, rows, cols uint16, args ...string) *terminal {
 	t.Helper()
+	cmd := exec.CommandContext(ctx, nestBin, append([]string{"--socket", f.sock, "shell"}, args...)...)
+	cmd.Env = append(os.Environ(), "TERM=xterm-test")
+	return onPTY(t, rows, cols, cmd)
+}
+
+// onPTY starts cmd as the session leader of a new pty of rows×cols.
+func onPTY(t *testing.T, rows, cols uint16, cmd *exec.Cmd) *terminal {
+	t.Helper()
 	master, slave, err := openPTY()
 	if err != nil {
 		t.Skipf("no pseudo-terminal: %v", err)
@@ -34,9 +42,7 @@ func shellOnPTY(t *testing.T, ctx context.Context, f *servicesFixture, rows, col
 	if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, nestBin, append([]string{"--socket", f.sock, "shell"}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.Env = append(os.Environ(), "TERM=xterm-test")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	cmd.WaitDelay = 3 * time.Second
 	r, err := launch(t, upModes[0], cmd)
