@@ -362,6 +362,12 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 		return
 	}
 	a.Command, a.PTY = q.Argv, q.PTY
+	if pol.Method == MethodDeny {
+		// Said first, whatever was asked: nothing of the parent is looked
+		// up for a child that may not escalate.
+		refuse(&refusal{"refused", fmt.Sprintf("escalation from container %s is denied (escalate = \"deny\" in the parent's config)", quote(c.name))})
+		return
+	}
 	pl, err := checkRequest(&q, &pol, c.name)
 	if err != nil {
 		refuse(&refusal{"refused", err.Error()})
@@ -401,8 +407,6 @@ func (b *Broker) prove(c *childSocket, conn *Conn, pol *Policy, keys []ssh.Publi
 	switch pol.Method {
 	case MethodAllow:
 		return nil
-	case MethodDeny:
-		return &refusal{"refused", fmt.Sprintf("escalation from container %s is denied (escalate = \"deny\" in the parent's config)", quote(c.name))}
 	case MethodConfirm:
 		return b.confirm(c, conn, a)
 	}

@@ -68,9 +68,10 @@ type brokerRun struct {
 	lastID  uint64
 	gone    chan struct{}
 
-	qmu   sync.Mutex // the handovers for work
-	queue []func(*brokerRun) error
-	wake  chan struct{}
+	qmu     sync.Mutex // the handovers for work
+	queue   []func(*brokerRun) error
+	drained bool // work has ended: the broker is gone
+	wake    chan struct{}
 }
 
 func (e *escalation) logf(format string, args ...any) {
@@ -411,9 +412,16 @@ func (b *brokerRun) handOver(name string, ch *escChild) <-chan struct{} {
 	return done
 }
 
-// later queues a request for the broker's worker, in order.
+// later queues a request for the broker's worker, in order; once the
+// worker is done (the broker is gone), f runs at once and fails, letting
+// go of what it holds.
 func (b *brokerRun) later(f func(*brokerRun) error) {
 	b.qmu.Lock()
+	if b.drained {
+		b.qmu.Unlock()
+		f(b)
+		return
+	}
 	b.queue = append(b.queue, f)
 	b.qmu.Unlock()
 	select {
@@ -442,7 +450,7 @@ func (b *brokerRun) work(e *escalation) {
 			// What is left fails at once, and lets go of what it holds.
 			b.qmu.Lock()
 			q := b.queue
-			b.queue = nil
+			b.queue, b.drained = nil, true
 			b.qmu.Unlock()
 			for _, f := range q {
 				f(b)
