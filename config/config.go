@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -53,6 +54,11 @@ type Config struct {
 	Hostname string // "" keeps the current hostname
 	Modules  []string
 	Console  string // ConsoleShell or ConsoleNone
+	// Subnet is the pool of container addresses this init owns (the
+	// root's, or nest up's): its bridge takes the first /24, each child
+	// init that has veth children of its own another. The zero Prefix
+	// means DefaultSubnet.
+	Subnet   netip.Prefix
 	Mounts   []Mount
 	Services []Service
 	// Containers are the child containers: [container.NAME] tables, and
