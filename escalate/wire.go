@@ -36,6 +36,8 @@ var Types = map[string]bool{
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
+	"net":      true, // parent → child init of a veth container, once after the spec: its address, resolvers, hosts, subnet
+	"hosts":    true, // parent → child init: the hosts of its bridge changed, in Body
 	"error":    true, // reply: the request failed; Error says why
 }
 

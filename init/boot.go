@@ -151,6 +151,7 @@ func (b *booter) bootUp() {
 		Cgroups:          servicesCgroup,
 		ContainerCgroups: containersCgroup,
 		IDs:              sandbox.Pool{Path: sandbox.DefaultPoolPath},
+		Net:              rootNetOptions(cfg, b.loadModules),
 	})
 	b.serveControl()
 	b.cfg = cfg

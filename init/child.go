@@ -41,6 +41,10 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	c := spec.Container
+	cnet, err := receiveChildNet(c, link)
+	if err != nil {
+		return fail("%v", err)
+	}
 
 	hostname := c.Hostname
 	if hostname == "" {
@@ -64,6 +68,9 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	unix.Close(4)
+	if err := cnet.writeEtc(); err != nil {
+		return fail("%v", err)
+	}
 
 	servicesCgroup := ""
 	if spec.Cgroup {
@@ -90,6 +97,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 	}()
 	sup := supervise.New(supervise.Options{
 		Reaper: reaper, Logf: logf, RunDir: runDir, Cgroups: servicesCgroup,
+		Net: cnet.netOptions(),
 	})
 	if l, err := supervise.ListenControl(controlSocket); err != nil {
 		logf("%v", err)
@@ -105,6 +113,9 @@ func childInit(args []string, sigs chan os.Signal) int {
 		daemonDone = watchEnd(sup, c.Name)
 	}
 	parent := supervise.NewParentLink(link)
+	if cnet != nil {
+		parent.OnHosts = cnet.updateHosts(logf)
+	}
 	go func() {
 		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {

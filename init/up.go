@@ -103,6 +103,7 @@ func up(args []string, sigs chan os.Signal) int {
 			LogDir:  logDir,
 			RunDir:  filepath.Dir(*socket),
 			Cgroups: u.cgroups(),
+			Net:     rootNetOptions(cfg, nil),
 		})
 		u.serve(l)
 		u.sup.Apply(upSpecs(cfg))

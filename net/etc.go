@@ -47,8 +47,8 @@ func (c *Config) Check() error {
 		return fmt.Errorf("address %s: want an IPv4 address with its prefix length", c.Address)
 	case !c.Gateway.Is4() || !c.Address.Contains(c.Gateway) || c.Gateway == c.Address.Addr():
 		return fmt.Errorf("gateway %s: want another address of %s", c.Gateway, c.Address.Masked())
-	case len(c.DNS) > MaxDNS || len(c.Search) > MaxSearch || len(c.Hosts) > MaxHosts:
-		return fmt.Errorf("more than %d nameservers, %d search domains or %d hosts", MaxDNS, MaxSearch, MaxHosts)
+	case len(c.DNS) > MaxDNS || len(c.Search) > MaxSearch:
+		return fmt.Errorf("more than %d nameservers or %d search domains", MaxDNS, MaxSearch)
 	case c.Subnet.IsValid() && (!c.Subnet.Addr().Is4() || c.Subnet.Masked() != c.Subnet || c.Subnet.Bits() > 30):
 		return fmt.Errorf("subnet %s: want an IPv4 network prefix of /30 or larger", c.Subnet)
 	}
@@ -62,7 +62,16 @@ func (c *Config) Check() error {
 			return fmt.Errorf("search domain %q: want a domain name", s)
 		}
 	}
-	for _, h := range c.Hosts {
+	return CheckHosts(c.Hosts)
+}
+
+// CheckHosts says what is wrong with a list of hosts a parent sent, or
+// nil: each a host name and an IPv4 address, at most MaxHosts.
+func CheckHosts(hosts []Host) error {
+	if len(hosts) > MaxHosts {
+		return fmt.Errorf("%d hosts, more than %d", len(hosts), MaxHosts)
+	}
+	for _, h := range hosts {
 		if !validDomain(h.Name) || !h.Address.Is4() {
 			return fmt.Errorf("host %q %s: want a host name and an IPv4 address", h.Name, h.Address)
 		}

@@ -62,6 +62,7 @@ func TestConfigCheck(t *testing.T) {
 		{func(c *Config) { c.Search = []string{"-x"} }, "search"},
 		{func(c *Config) { c.Subnet = netip.MustParsePrefix("10.88.1.1/24") }, "subnet"},
 		{func(c *Config) { c.DNS = make([]netip.Addr, 4) }, "more than"},
+		{func(c *Config) { c.Hosts = make([]Host, MaxHosts+1) }, "more than"},
 	} {
 		c := good
 		tc.change(&c)

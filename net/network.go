@@ -52,6 +52,12 @@ type Network struct {
 	attached map[string]*Attachment
 }
 
+// Errors of Attach that point at a key of the container's config.
+var (
+	ErrPortTaken = errors.New("port taken")  // a published port
+	ErrAddress   = errors.New("bad address") // a pinned address
+)
+
 // An Endpoint is a container to attach.
 type Endpoint struct {
 	Name    string     // the container's name: its lease and its rules
@@ -109,6 +115,12 @@ func Open(opts Options) (*Network, error) {
 }
 
 func (n *Network) open() error {
+	// Published ports answer on loopback too.
+	if lo, err := n.h.LinkByName("lo"); err == nil {
+		if err := n.h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("lo up: %w", err)
+		}
+	}
 	if old, err := n.h.LinkByName(n.opts.Bridge); err == nil {
 		if err := n.h.LinkDel(old); err != nil {
 			return fmt.Errorf("remove the old bridge: %w", err)
@@ -194,13 +206,16 @@ func (n *Network) Attach(e Endpoint) (*Attachment, error) {
 		return nil, fmt.Errorf("%s is attached already", e.Name)
 	}
 	if err := n.checkPorts(e.Name, e.Publish); err != nil {
-		return nil, fmt.Errorf("%s: %w", e.Name, err)
+		return nil, fmt.Errorf("%w: %w", ErrPortTaken, err)
 	}
 	var want netip.Prefix
 	if e.Address.IsValid() {
 		want = netip.PrefixFrom(e.Address, 32)
 	}
 	lease, err := n.addrs.Acquire(e.Name, want)
+	if err != nil && want.IsValid() && !errors.Is(err, ErrExhausted) {
+		return nil, fmt.Errorf("%w: %w", ErrAddress, err)
+	}
 	if err != nil {
 		return nil, err
 	}

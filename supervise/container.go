@@ -149,6 +149,14 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		return fail(fmt.Errorf("sending the spec: %w", err))
 	}
 	run := newContainerRun(link, c.Name, u.logf)
+	if c.Network == config.NetworkVeth {
+		if err := u.attachNetwork(proc, run); err != nil {
+			proc.Signal(unix.SIGKILL)
+			<-proc.Done()
+			proc.Close()
+			return fail(err)
+		}
+	}
 	go run.read()
 	return proc, run, cg, nil
 }

@@ -33,6 +33,8 @@ type Options struct {
 	// Self is the nest binary that child containers run as their init
 	// (default /proc/self/exe).
 	Self string
+	// Net gives veth containers their network (nil: none here).
+	Net *NetOptions
 }
 
 // Supervisor runs a set of units.
@@ -44,6 +46,8 @@ type Supervisor struct {
 	order    []string // names in config order
 	change   chan struct{}
 	stopping bool
+
+	netState netState
 }
 
 // New returns a supervisor with no units.
@@ -107,10 +111,14 @@ func (s *Supervisor) Apply(specs []Spec) {
 
 	s.mu.Lock()
 	var down []<-chan struct{}
+	var gone []string // containers removed from the config
 	for name, u := range s.units {
 		sp, keep := want[name]
 		if keep && sameSpec(u.spec, sp) {
 			continue
+		}
+		if !keep && u.spec.Container != nil {
+			gone = append(gone, name)
 		}
 		down = append(down, u.send(opRemove))
 		delete(s.units, name)
@@ -118,6 +126,9 @@ func (s *Supervisor) Apply(specs []Spec) {
 	s.mu.Unlock()
 	for _, d := range down {
 		<-d
+	}
+	for _, name := range gone {
+		s.releaseNetwork(name)
 	}
 
 	s.mu.Lock()
@@ -225,6 +236,7 @@ func (s *Supervisor) Shutdown() {
 	for _, u := range units {
 		u.log.Close()
 	}
+	s.closeNetwork()
 }
 
 // recoverUnit keeps a panic in one unit's goroutine from ending the init:

@@ -104,6 +104,7 @@ type Unit struct {
 	status   string        // STATUS= from sd_notify
 	cgroup   string        // the current run's cgroup directory, if it has one
 	link     *containerRun // the current run's link, for a container
+	address  string        // the current run's address on the bridge, for a veth container
 }
 
 func newUnit(s *Supervisor, spec Spec) *Unit {
@@ -306,6 +307,7 @@ func (u *Unit) run(want bool) {
 
 		case st := <-exitC:
 			lived := time.Since(procStart)
+			u.detachNetwork()
 			u.mu.Lock()
 			u.link, u.cgroup = nil, ""
 			u.mu.Unlock()
@@ -607,6 +609,9 @@ type Status struct {
 	After    []string  `json:"after,omitempty"`
 	// Memory is the run's cgroup memory.current in bytes (0: no cgroup).
 	Memory uint64 `json:"memory,omitempty"`
+	// Address is a veth container's address on its parent's bridge, with
+	// the prefix length ("10.88.0.2/24").
+	Address string `json:"address,omitempty"`
 	// Children are a container's units, as its init reports them over the
 	// link (tree listings only); Incomplete says why they are missing or
 	// cut short.
@@ -633,6 +638,7 @@ func (u *Unit) Status() Status {
 		Exec:     u.spec.Exec,
 		Restart:  string(u.spec.Restart),
 		After:    u.spec.After,
+		Address:  u.address,
 	}
 	if u.lastExit != nil {
 		st.LastExit = u.lastExit.String()
