@@ -77,12 +77,7 @@ func (n *childNet) writeEtc() error {
 	if err := f.Write("hosts", n.hostsFile(n.cfg.Hosts)); err != nil {
 		return err
 	}
-	for _, name := range []string{"hosts", "resolv.conf"} {
-		if err := f.Bind(name, "/etc/"+name); err != nil {
-			return err
-		}
-	}
-	return nil
+	return f.Bind("/tmp", map[string]string{"hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf"})
 }
 
 func (n *childNet) hostsFile(hosts []nestnet.Host) []byte {

@@ -2,6 +2,8 @@ package mounts
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,20 +60,46 @@ func (f *Files) Write(name string, data []byte) error {
 	return nil
 }
 
-// Bind binds the file name over target, a path in the root of the
-// calling process resolved without leaving it. The target must exist: a
-// read-only root cannot grow one.
-func (f *Files) Bind(name, target string) error {
+// Bind binds each file named in targets (name → target) over its target,
+// a path in the root of the calling process resolved without leaving it.
+// A target must exist: a read-only root cannot grow one.
+//
+// Linux before 6.15 clones only mounts of the caller's mount namespace, so
+// the tmpfs is attached on via (a directory that exists, such as /tmp)
+// while the binds are made, and detached again: via shows what it showed
+// before, and the tmpfs lives on in the bound files and in f.
+func (f *Files) Bind(via string, targets map[string]string) error {
+	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("generated files: %w", err)
+	}
+	defer unix.Close(root)
+	at, err := openIn(root, via, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("generated files: %w", err)
+	}
+	err = unix.MoveMount(f.fd, "", at, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	unix.Close(at)
+	if err != nil {
+		return fmt.Errorf("generated files: attach on %s: %w", via, err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(targets)) {
+		if err = f.bind(root, name, targets[name]); err != nil {
+			break
+		}
+	}
+	if uerr := unix.Unmount(fdPath(f.fd), unix.MNT_DETACH); uerr != nil && err == nil {
+		err = fmt.Errorf("generated files: detach from %s: %w", via, uerr)
+	}
+	return err
+}
+
+func (f *Files) bind(root int, name, target string) error {
 	tree, err := unix.OpenTree(f.fd, name, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("generated %s: open_tree: %w", name, err)
 	}
 	defer unix.Close(tree)
-	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("generated %s: %w", name, err)
-	}
-	defer unix.Close(root)
 	if err := attachInto(root, tree, target); err != nil {
 		return fmt.Errorf("generated %s on %s: %w", name, target, err)
 	}

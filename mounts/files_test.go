@@ -35,8 +35,18 @@ func filesHelper(dir string) error {
 	if err := f.Write("hosts", []byte("one\n")); err != nil {
 		return err
 	}
-	if err := f.Bind("hosts", target); err != nil {
+	via := filepath.Join(dir, "via")
+	if err := os.Mkdir(via, 0o755); err != nil {
 		return err
+	}
+	if err := os.WriteFile(filepath.Join(via, "mine"), nil, 0o644); err != nil {
+		return err
+	}
+	if err := f.Bind(via, map[string]string{"hosts": target}); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(via, "mine")); err != nil {
+		return fmt.Errorf("%s does not show its own files again: %w", via, err)
 	}
 	check := func(want string) error {
 		b, err := os.ReadFile(target)
@@ -54,7 +64,7 @@ func filesHelper(dir string) error {
 	if err := check("two, longer\n"); err != nil {
 		return err
 	}
-	if err := f.Bind("hosts", filepath.Join(dir, "missing")); err == nil {
+	if err := f.Bind(via, map[string]string{"hosts": filepath.Join(dir, "missing")}); err == nil {
 		return fmt.Errorf("Bind over a missing file succeeded")
 	}
 	f.Close()

@@ -52,11 +52,16 @@ type Network struct {
 	attached map[string]*Attachment
 }
 
-// Errors of Attach that point at a key of the container's config.
-var (
-	ErrPortTaken = errors.New("port taken")  // a published port
-	ErrAddress   = errors.New("bad address") // a pinned address
-)
+// A KeyError is an error of Attach caused by one of the container's
+// settings: "publish" (a port taken) or "address" (a pinned address that
+// cannot be had).
+type KeyError struct {
+	Key string
+	Err error
+}
+
+func (e *KeyError) Error() string { return e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
 
 // An Endpoint is a container to attach.
 type Endpoint struct {
@@ -164,15 +169,21 @@ func nftablesConn(ns *os.File) (*nftables.Conn, error) {
 }
 
 // checkOverlap refuses a subnet that a route of another link covers or
-// falls in: containers would shadow those addresses, or be shadowed.
+// falls in (in the main table, or a range of local addresses as lo can
+// have): containers would shadow those addresses, or be shadowed.
 func (n *Network) checkOverlap() error {
-	routes, err := retryDump(func() ([]netlink.Route, error) { return n.h.RouteList(nil, unix.AF_INET) })
+	all := &netlink.Route{Table: unix.RT_TABLE_UNSPEC}
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return n.h.RouteListFiltered(unix.AF_INET, all, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil || r.Table != unix.RT_TABLE_MAIN {
-			continue // the default route, or a local/broadcast one
+		main := r.Table == unix.RT_TABLE_MAIN
+		localRange := r.Table == unix.RT_TABLE_LOCAL && r.Type == unix.RTN_LOCAL && r.Dst != nil && !r.Dst.IP.IsLoopback()
+		if r.Dst == nil || !main && !localRange {
+			continue // the default route, a broadcast route, other tables
 		}
 		dst, ok := netipPrefix(r.Dst)
 		if !ok || dst.Bits() == 0 || !dst.Overlaps(n.opts.Subnet) {
@@ -206,7 +217,7 @@ func (n *Network) Attach(e Endpoint) (*Attachment, error) {
 		return nil, fmt.Errorf("%s is attached already", e.Name)
 	}
 	if err := n.checkPorts(e.Name, e.Publish); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrPortTaken, err)
+		return nil, &KeyError{"publish", err}
 	}
 	var want netip.Prefix
 	if e.Address.IsValid() {
@@ -214,7 +225,7 @@ func (n *Network) Attach(e Endpoint) (*Attachment, error) {
 	}
 	lease, err := n.addrs.Acquire(e.Name, want)
 	if err != nil && want.IsValid() && !errors.Is(err, ErrExhausted) {
-		return nil, fmt.Errorf("%w: %w", ErrAddress, err)
+		return nil, &KeyError{"address", err}
 	}
 	if err != nil {
 		return nil, err

@@ -303,6 +303,15 @@ func TestNetworkOverlap(t *testing.T) {
 	if got := linkNames(t, parent); strings.Contains(strings.Join(got, " "), DefaultBridge) {
 		t.Errorf("a failed Open left %v", got)
 	}
+	// So does a range of local addresses, as lo can have.
+	lo, _ := h.LinkByName("lo")
+	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.93.0.1/16"))}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(Options{Subnet: netip.MustParsePrefix("10.93.7.0/24"), NetNS: parent})
+	if err == nil || !strings.Contains(err.Error(), "overlaps the route to 10.93.0.0/16 on lo") {
+		t.Errorf("Open on a local range = %v, want an error naming the route", err)
+	}
 	// A stale bridge of an earlier run is replaced.
 	n, err := Open(Options{Subnet: netip.MustParsePrefix("10.97.0.0/24"), NetNS: parent})
 	if err != nil {

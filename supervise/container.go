@@ -58,7 +58,11 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if err != nil {
 		return fail(fmt.Errorf("rootfs %s: %w", rootfs, err))
 	}
-	cleanup = append(cleanup, func() { unix.Close(base) })
+	cleanup = append(cleanup, func() {
+		if base >= 0 {
+			unix.Close(base)
+		}
+	})
 
 	link, childLink, err := escalate.Pair()
 	if err != nil {
@@ -98,7 +102,11 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		return fail(err)
 	}
 	defer logW.Close()
-	cleanup = append(cleanup, func() { logR.Close() })
+	cleanup = append(cleanup, func() {
+		if logR != nil {
+			logR.Close()
+		}
+	})
 
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP)
 	if c.Network != "host" {
@@ -135,8 +143,12 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// Handed over: a later failure must not close them again (the fd
+	// number may be another's by then; copyLog closes its pipe).
 	unix.Close(base)
+	base = -1
 	go u.copyLog(logR)
+	logR = nil
 
 	body, err := json.Marshal(ChildSpec{Container: *c, Cgroup: cg != nil})
 	if err == nil {

@@ -126,12 +126,11 @@ func (u *Unit) attachNetwork(proc *Process, run *containerRun) (err error) {
 		ports[i] = nestnet.Port{Host: p.Host, Container: p.Container, Proto: p.Proto}
 	}
 	a, err := n.Attach(nestnet.Endpoint{Name: c.Name, NetNS: ns, Address: c.Address, NAT: c.NAT, Publish: ports})
-	switch {
-	case errors.Is(err, nestnet.ErrPortTaken):
-		return c.Errorf("publish", "%v", err)
-	case errors.Is(err, nestnet.ErrAddress) && c.Address.IsValid():
-		return c.Errorf("address", "%v", err)
-	case err != nil:
+	var ke *nestnet.KeyError
+	if errors.As(err, &ke) {
+		return c.Errorf(ke.Key, "%v", err)
+	}
+	if err != nil {
 		return err
 	}
 	defer func() {
