@@ -126,24 +126,21 @@ func Parse(name string, data []byte) (*Config, error) {
 	return c, nil
 }
 
-// Default returns the built-in config, used when no config file exists.
+// Default returns the built-in config, used when no file exists.
 //
-// It is also the demo that `make demo` boots: a shell on the console and a
-// daemon container, "hello", that shows what a child container is
-// (`nest ls --tree`, `nest logs hello`).
+// It is also the demo that `make demo` boots: a shell on the console and
+// two daemon containers: "hello", that shows what a child container is
+// (`nest ls --tree`, `nest logs hello`), and "web", a web server on its
+// own address on the bridge, published on port 8080 of the root
+// (`wget -qO- 127.0.0.1:8080`).
 func Default() *Config {
 	sandbox, _ := DefaultSandbox(KindDaemon, SandboxLevel)
-	return &Config{
-		Source:   BuiltIn,
-		Hostname: "nest",
-		Console:  ConsoleShell,
-		Containers: []Container{{
-			Name:     "hello",
-			Kind:     KindDaemon,
-			Hostname: "hello",
-			Exec: []string{"/bin/sh", "-c",
-				"echo hello from a daemon container: $(hostname), uid $(id -u), pid $$, read-only /; " +
-					"while :; do sleep 3600; done"},
+	daemon := func(name, script string) Container {
+		return Container{
+			Name:        name,
+			Kind:        KindDaemon,
+			Hostname:    name,
+			Exec:        []string{"/bin/sh", "-c", script},
 			Rootfs:      RootfsHost,
 			Network:     NetworkNone,
 			Memory:      64 << 20,
@@ -153,7 +150,22 @@ func Default() *Config {
 			StartLimit:  DefaultStartLimit,
 			Sandbox:     sandbox,
 			File:        BuiltIn,
-		}},
+		}
+	}
+	web := daemon("web", `mkdir -p /tmp/www && `+
+		`echo "hello from $(hostname), a daemon container at $(ip -4 -o addr show eth0 | sed 's/.* inet \([^ ]*\) .*/\1/')" > /tmp/www/index.html && `+
+		`if command -v httpd >/dev/null; then exec httpd -f -p 80 -h /tmp/www; fi; exec busybox httpd -f -p 80 -h /tmp/www`)
+	web.Network, web.NAT = NetworkVeth, true
+	web.Publish = []Publish{{Host: 8080, Container: 80, Proto: "tcp"}}
+	return &Config{
+		Source:   BuiltIn,
+		Hostname: "nest",
+		Console:  ConsoleShell,
+		Containers: []Container{
+			daemon("hello", "echo hello from a daemon container: $(hostname), uid $(id -u), pid $$, read-only /; "+
+				"while :; do sleep 3600; done"),
+			web,
+		},
 	}
 }
 

@@ -278,6 +278,9 @@ func TestDefault(t *testing.T) {
 	if c.Source != BuiltIn || c.Hostname != "nest" || c.Console != ConsoleShell {
 		t.Errorf("Default() = %+v, want Source %q, Hostname \"nest\", Console %q", c, BuiltIn, ConsoleShell)
 	}
+	if web, ok := c.Container("web"); !ok || web.Network != NetworkVeth || len(web.Publish) != 1 || !web.NAT {
+		t.Errorf("Default() has no networked web container: %+v", web)
+	}
 }
 
 func TestValidate(t *testing.T) {

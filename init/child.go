@@ -68,7 +68,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	unix.Close(4)
-	if err := cnet.writeEtc(); err != nil {
+	if err := cnet.writeEtc(logf); err != nil {
 		return fail("%v", err)
 	}
 

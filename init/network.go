@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
 	"sync"
 
 	"nest/config"
@@ -62,7 +64,7 @@ func receiveChildNet(c config.Container, link *escalate.Conn) (*childNet, error)
 
 // writeEtc covers /etc/hosts and /etc/resolv.conf of the built root with
 // the generated ones.
-func (n *childNet) writeEtc() error {
+func (n *childNet) writeEtc(logf func(string, ...any)) error {
 	if n == nil {
 		return nil
 	}
@@ -77,7 +79,14 @@ func (n *childNet) writeEtc() error {
 	if err := f.Write("hosts", n.hostsFile(n.cfg.Hosts)); err != nil {
 		return err
 	}
-	return f.Bind("/tmp", map[string]string{"hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf"})
+	err = f.Bind("/tmp", map[string]string{"hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf"})
+	if errors.Is(err, fs.ErrNotExist) {
+		// A root without them resolves nothing by name either way; say
+		// so in the container's log and go on.
+		logf("%v (create it in the root for names to resolve)", err)
+		return nil
+	}
+	return err
 }
 
 func (n *childNet) hostsFile(hosts []nestnet.Host) []byte {

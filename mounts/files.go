@@ -1,7 +1,9 @@
 package mounts
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"slices"
 
@@ -62,7 +64,9 @@ func (f *Files) Write(name string, data []byte) error {
 
 // Bind binds each file named in targets (name → target) over its target,
 // a path in the root of the calling process resolved without leaving it.
-// A target must exist: a read-only root cannot grow one.
+// A target must exist: a read-only root cannot grow one. A missing target
+// is an error for which errors.Is(err, fs.ErrNotExist) holds; the other
+// files are bound all the same. Bind works once.
 //
 // Linux before 6.15 clones only mounts of the caller's mount namespace, so
 // the tmpfs is attached on via (a directory that exists, such as /tmp)
@@ -83,15 +87,19 @@ func (f *Files) Bind(via string, targets map[string]string) error {
 	if err != nil {
 		return fmt.Errorf("generated files: attach on %s: %w", via, err)
 	}
+	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(targets)) {
-		if err = f.bind(root, name, targets[name]); err != nil {
-			break
+		if err := f.bind(root, name, targets[name]); err != nil {
+			errs = append(errs, err)
+			if !errors.Is(err, fs.ErrNotExist) {
+				break
+			}
 		}
 	}
-	if uerr := unix.Unmount(fdPath(f.fd), unix.MNT_DETACH); uerr != nil && err == nil {
-		err = fmt.Errorf("generated files: detach from %s: %w", via, uerr)
+	if err := unix.Unmount(fdPath(f.fd), unix.MNT_DETACH); err != nil {
+		errs = append(errs, fmt.Errorf("generated files: detach from %s: %w", via, err))
 	}
-	return err
+	return errors.Join(errs...)
 }
 
 func (f *Files) bind(root int, name, target string) error {

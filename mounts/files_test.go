@@ -1,7 +1,9 @@
 package mounts
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,8 +34,10 @@ func filesHelper(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.Write("hosts", []byte("one\n")); err != nil {
-		return err
+	for _, name := range []string{"hosts", "other"} {
+		if err := f.Write(name, []byte(name+" one\n")); err != nil {
+			return err
+		}
 	}
 	via := filepath.Join(dir, "via")
 	if err := os.Mkdir(via, 0o755); err != nil {
@@ -42,33 +46,34 @@ func filesHelper(dir string) error {
 	if err := os.WriteFile(filepath.Join(via, "mine"), nil, 0o644); err != nil {
 		return err
 	}
-	if err := f.Bind(via, map[string]string{"hosts": target}); err != nil {
-		return err
+	err = f.Bind(via, map[string]string{"hosts": target, "missing": filepath.Join(dir, "missing"), "other": filepath.Join(dir, "other")})
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("Bind with a missing target = %v, want fs.ErrNotExist", err)
 	}
 	if _, err := os.Stat(filepath.Join(via, "mine")); err != nil {
 		return fmt.Errorf("%s does not show its own files again: %w", via, err)
 	}
-	check := func(want string) error {
-		b, err := os.ReadFile(target)
+	check := func(path, want string) error {
+		b, err := os.ReadFile(path)
 		if err != nil || string(b) != want {
-			return fmt.Errorf("%s = %q, %v; want %q", target, b, err, want)
+			return fmt.Errorf("%s = %q, %v; want %q", path, b, err, want)
 		}
 		return nil
 	}
-	if err := check("one\n"); err != nil {
+	if err := check(filepath.Join(dir, "other"), "other one\n"); err != nil {
+		return err // bound beside the missing one
+	}
+	if err := check(target, "hosts one\n"); err != nil {
 		return err
 	}
 	if err := f.Write("hosts", []byte("two, longer\n")); err != nil {
 		return err
 	}
-	if err := check("two, longer\n"); err != nil {
+	if err := check(target, "two, longer\n"); err != nil {
 		return err
 	}
-	if err := f.Bind(via, map[string]string{"hosts": filepath.Join(dir, "missing")}); err == nil {
-		return fmt.Errorf("Bind over a missing file succeeded")
-	}
 	f.Close()
-	return check("two, longer\n")
+	return check(target, "two, longer\n")
 }
 
 func TestFiles(t *testing.T) {
@@ -80,8 +85,10 @@ func TestFiles(t *testing.T) {
 		t.Skip("no unshare")
 	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("original\n"), 0o644); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"hosts", "other"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("original\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], dir)
 	cmd.Env = append(os.Environ(), helperEnv+"=files")

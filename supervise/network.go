@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -88,15 +89,28 @@ func (s *Supervisor) network() (*nestnet.Network, error) {
 		}
 		return nil, err
 	}
-	if opts.Pool.IsValid() {
+	st.net, st.runs = n, make(map[string]*containerRun)
+	return n, nil
+}
+
+// subnets is the pool child inits get their /24 from; nil where this init
+// has none to give.
+func (s *Supervisor) subnets() *nestnet.Pool {
+	opts := s.opts.Net
+	if opts == nil || !opts.Pool.IsValid() {
+		return nil
+	}
+	st := &s.netState
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.subnets == nil {
 		path := ""
-		if leases != "" {
+		if opts.StateDir != "" && os.MkdirAll(opts.StateDir, 0o700) == nil {
 			path = filepath.Join(opts.StateDir, "subnets")
 		}
 		st.subnets = &nestnet.Pool{Prefix: opts.Pool, Bits: 24, Path: path, Reserved: []netip.Prefix{opts.Subnet}}
 	}
-	st.net, st.runs = n, make(map[string]*containerRun)
-	return n, nil
+	return st.subnets
 }
 
 func (s *Supervisor) logf(format string, args ...any) {
@@ -150,8 +164,8 @@ func (u *Unit) attachNetwork(proc *Process, run *containerRun) (err error) {
 			err = nil
 		}
 	}
-	if c.Kind == config.KindUser && c.Sandbox.Nesting && s.netState.subnets != nil {
-		sub, err := s.netState.subnets.Acquire(c.Name, netip.Prefix{})
+	if pool := s.subnets(); pool != nil && c.Kind == config.KindUser && c.Sandbox.Nesting {
+		sub, err := pool.Acquire(c.Name, netip.Prefix{})
 		if err != nil {
 			return fmt.Errorf("a subnet for %s's own containers: %w", c.Name, err)
 		}
@@ -200,19 +214,30 @@ func (u *Unit) detachNetwork() {
 }
 
 // releaseNetwork gives back the address and subnet of a container that
-// is gone for good (nest rm, or removed from the config).
+// is gone for good (nest rm, or removed from the config), whether or not
+// the bridge has been made since this init started.
 func (s *Supervisor) releaseNetwork(name string) {
+	opts := s.opts.Net
+	if opts == nil {
+		return
+	}
 	st := &s.netState
 	st.mu.Lock()
-	n, subnets := st.net, st.subnets
+	n := st.net
 	st.mu.Unlock()
-	if n != nil {
-		if err := n.Release(name); err != nil {
-			s.logf("%s: %v", name, err)
-		}
+	var err error
+	switch {
+	case n != nil:
+		err = n.Release(name)
+	case opts.StateDir != "" && opts.Subnet.IsValid():
+		addrs := nestnet.Pool{Prefix: opts.Subnet, Bits: 32, Path: nestnet.StateFile(opts.StateDir)}
+		err = addrs.Release(name)
 	}
-	if subnets != nil {
-		if err := subnets.Release(name); err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.logf("%s: %v", name, err)
+	}
+	if pool := s.subnets(); pool != nil {
+		if err := pool.Release(name); err != nil {
 			s.logf("%s: %v", name, err)
 		}
 	}

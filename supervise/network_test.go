@@ -3,6 +3,8 @@ package supervise
 import (
 	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -104,5 +106,26 @@ func TestReceiveNet(t *testing.T) {
 		}
 		parent.Close()
 		child.Close()
+	}
+}
+
+// TestReleaseRemoved: a container that leaves the config gives back its
+// address and subnet, though no bridge was made in this run; one that
+// stays keeps them.
+func TestReleaseRemoved(t *testing.T) {
+	s, _ := newTestSupervisor(t)
+	dir := t.TempDir()
+	s.opts.Net = &NetOptions{Subnet: netip.MustParsePrefix("10.88.0.0/24"), Pool: netip.MustParsePrefix("10.88.0.0/16"), StateDir: dir}
+	os.WriteFile(filepath.Join(dir, "addresses"), []byte("10.88.0.5 gone\n10.88.0.6 kept\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "subnets"), []byte("10.88.1.0/24 gone\n"), 0o600)
+	fakeContainer(t, s, "gone", "user")
+	fakeContainer(t, s, "kept", "daemon")
+	kept := s.units["kept"].spec
+	s.Apply([]Spec{kept})
+	if b, _ := os.ReadFile(filepath.Join(dir, "addresses")); !strings.Contains(string(b), "10.88.0.6 kept") || strings.Contains(string(b), "gone") {
+		t.Errorf("addresses after gone left:\n%s", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "subnets")); strings.Contains(string(b), "gone") {
+		t.Errorf("subnets after gone left:\n%s", b)
 	}
 }

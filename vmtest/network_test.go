@@ -78,7 +78,7 @@ func TestPID1Network(t *testing.T) {
 	t.Parallel()
 	vm := &VM{
 		Kernel: TestKernel(t),
-		Initrd: scenario{config: networkConfig, modules: netModules, files: map[string]string{
+		Initrd: scenario{config: networkConfig, files: map[string]string{
 			"/etc/hosts":       "127.0.0.1\tlocalhost\n",
 			"/etc/resolv.conf": "nameserver 192.0.2.53\nnameserver 127.0.0.53\n",
 			"/etc/hostname":    "nestvm\n",

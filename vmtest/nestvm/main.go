@@ -22,6 +22,8 @@ const motd = `
   This is nest, PID 1 of a Linux VM. Try:
     nest ls --tree         the units of this container and of its children
     nest logs hello        what the daemon container "hello" said
+    wget -qO- 127.0.0.1:8080   the daemon container "web", on its own address
+                           (nest ls shows it), answers on a published port
     nest stop hello        and nest start hello; restart too
     cat /proc/1/cgroup     PID 1 lives in /init.scope; units in /services/NAME
     kill -HUP 1            re-read /etc/nest/nest.toml (write one: see docs/config.md)
@@ -55,13 +57,17 @@ func run() error {
 	img.AddDir("/var/log", 0o755)
 	img.AddBytes("/etc/profile", []byte("cat /etc/motd\nPS1='\\h:\\w# '\n"), 0o644)
 	img.AddBytes("/etc/motd", []byte(motd), 0o644)
+	// What a veth container's init covers with its own.
+	img.AddBytes("/etc/hosts", []byte("127.0.0.1\tlocalhost\n"), 0o644)
+	img.AddBytes("/etc/resolv.conf", nil, 0o644)
 	if *cfg != "" {
 		img.AddFile("/etc/nest/nest.toml", *cfg, 0o644)
 	}
 	if err := img.AddBusybox(); err != nil {
 		return err
 	}
-	modules := []string{"veth", "bridge", "overlay", "squashfs", "loop"}
+	modules := []string{"veth", "bridge", "overlay", "squashfs", "loop", // nest's own
+		"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"} // veth networks
 	if *disk != "" {
 		modules = append(modules, vmtest.Ext4Modules...)
 	}

@@ -45,6 +45,10 @@ func helper(name string) int {
 		return writer()
 	case "probe":
 		return probe()
+	case "tcpsink":
+		return tcpSink()
+	case "tcpsource":
+		return tcpSource()
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
 	return 2
