@@ -198,9 +198,6 @@ func (n *Network) checkOverlap() error {
 	return nil
 }
 
-// Subnet is the bridge's prefix.
-func (n *Network) Subnet() netip.Prefix { return n.opts.Subnet }
-
 // Gateway is the bridge's address, the containers' default route.
 func (n *Network) Gateway() netip.Addr { return n.gateway }
 
