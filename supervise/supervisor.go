@@ -50,6 +50,8 @@ type Options struct {
 	// the masks of /proc — can be removed. For inits whose units keep
 	// CAP_SYS_ADMIN (containers that may nest).
 	WorkloadUserns bool
+	// Net gives veth containers their network (nil: none here).
+	Net *NetOptions
 }
 
 // Supervisor runs a set of units.
@@ -61,6 +63,8 @@ type Supervisor struct {
 	order    []string // names in config order
 	change   chan struct{}
 	stopping bool
+
+	netState netState
 }
 
 // New returns a supervisor with no units.
@@ -124,10 +128,14 @@ func (s *Supervisor) Apply(specs []Spec) {
 
 	s.mu.Lock()
 	var down []<-chan struct{}
+	var gone []string // containers removed from the config
 	for name, u := range s.units {
 		sp, keep := want[name]
 		if keep && sameSpec(u.spec, sp) {
 			continue
+		}
+		if !keep && u.spec.Container != nil {
+			gone = append(gone, name)
 		}
 		down = append(down, u.send(opRemove))
 		delete(s.units, name)
@@ -135,6 +143,9 @@ func (s *Supervisor) Apply(specs []Spec) {
 	s.mu.Unlock()
 	for _, d := range down {
 		<-d
+	}
+	for _, name := range gone {
+		s.releaseNetwork(name)
 	}
 
 	s.mu.Lock()
@@ -242,6 +253,7 @@ func (s *Supervisor) Shutdown() {
 	for _, u := range units {
 		u.log.Close()
 	}
+	s.closeNetwork()
 }
 
 // recoverUnit keeps a panic in one unit's goroutine from ending the init:
