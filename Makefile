@@ -42,12 +42,13 @@ demo: deps nest
 	$(GO) run ./vmtest/nestvm -nest ./nest
 
 # nest as PID 1 in the VM, then nest run side by side with the floor,
-# bwrap, crun and runc (one package at a time: the timings need a quiet
-# machine). NEST_BENCH_N sets the runs per command of the latter.
+# bwrap, crun and runc, then veth networks on this host's CPU (one package
+# at a time: the timings need a quiet machine). NEST_BENCH_N sets the runs per command of the latter.
 bench: deps nest
 	@$(MAKE) --no-print-directory deps DEBS='$(BENCH_DEBS)'
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./vmtest/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 10m ./net/
 
 clean:
 	rm -f nest

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -54,6 +55,11 @@ type Config struct {
 	Hostname string // "" keeps the current hostname
 	Modules  []string
 	Console  string // ConsoleShell, ConsoleLogin or ConsoleNone
+	// Subnet is the pool of container addresses this init owns (the
+	// root's, or nest up's): its bridge takes the first /24, each child
+	// init that has veth children of its own another. The zero Prefix
+	// means DefaultSubnet.
+	Subnet   netip.Prefix
 	Mounts   []Mount
 	Services []Service
 	// Containers are the child containers: [container.NAME] tables, and
@@ -123,25 +129,22 @@ func Parse(name string, data []byte) (*Config, error) {
 
 // Default returns the built-in config, used when no config file exists.
 //
-// It is also the demo that `make demo` boots: a shell on the console, a
-// daemon container, "hello", that shows what a child container is
-// (`nest ls --tree`, `nest logs hello`), and a user container, "alice",
-// whose root is an overlay over the machine's (it needs a root file system
-// that allows idmapped mounts: not an initramfs on Linux 6.1).
+// It is also the demo that `make demo` boots: a shell on the console, two
+// daemon containers — "hello", that shows what a child container is
+// (`nest ls --tree`, `nest logs hello`), and "web", a web server on its
+// own address on the bridge, published on port 8080 of the root
+// (`wget -qO- 127.0.0.1:8080`) — and a user container, "alice", whose root
+// is an overlay over the machine's (it needs a root file system that
+// allows idmapped mounts: not an initramfs on Linux 6.1).
 func Default() *Config {
 	sandbox, _ := DefaultSandbox(KindDaemon, SandboxLevel)
 	userSandbox, _ := DefaultSandbox(KindUser, SandboxLevel)
-	return &Config{
-		Source:   BuiltIn,
-		Hostname: "nest",
-		Console:  ConsoleShell,
-		Containers: []Container{{
-			Name:     "hello",
-			Kind:     KindDaemon,
-			Hostname: "hello",
-			Exec: []string{"/bin/sh", "-c",
-				"echo hello from a daemon container: $(hostname), uid $(id -u), pid $$, read-only /; " +
-					"while :; do sleep 3600; done"},
+	daemon := func(name, script string) Container {
+		return Container{
+			Name:        name,
+			Kind:        KindDaemon,
+			Hostname:    name,
+			Exec:        []string{"/bin/sh", "-c", script},
 			Rootfs:      RootfsHost,
 			Network:     NetworkNone,
 			Memory:      64 << 20,
@@ -151,21 +154,38 @@ func Default() *Config {
 			StartLimit:  DefaultStartLimit,
 			Sandbox:     sandbox,
 			File:        BuiltIn,
-		}, {
-			Name:        "alice",
-			Kind:        KindUser,
-			Hostname:    "alice",
-			User:        "alice",
-			Rootfs:      RootfsHost,
-			Network:     NetworkNone,
-			Memory:      256 << 20,
-			Pids:        512,
-			Restart:     RestartOnFailure,
-			StopTimeout: DefaultStopTimeout,
-			StartLimit:  DefaultStartLimit,
-			Sandbox:     userSandbox,
-			File:        BuiltIn,
-		}},
+		}
+	}
+	web := daemon("web", `mkdir -p /tmp/www && `+
+		`echo "hello from $(hostname), a daemon container at $(ip -4 -o addr show eth0 | sed 's/.* inet \([^ ]*\) .*/\1/')" > /tmp/www/index.html && `+
+		`if command -v httpd >/dev/null; then exec httpd -f -p 80 -h /tmp/www; fi; exec busybox httpd -f -p 80 -h /tmp/www`)
+	web.Network, web.NAT = NetworkVeth, true
+	web.Publish = []Publish{{Host: 8080, Container: 80, Proto: "tcp"}}
+	alice := Container{
+		Name:        "alice",
+		Kind:        KindUser,
+		Hostname:    "alice",
+		User:        "alice",
+		Rootfs:      RootfsHost,
+		Network:     NetworkNone,
+		Memory:      256 << 20,
+		Pids:        512,
+		Restart:     RestartOnFailure,
+		StopTimeout: DefaultStopTimeout,
+		StartLimit:  DefaultStartLimit,
+		Sandbox:     userSandbox,
+		File:        BuiltIn,
+	}
+	return &Config{
+		Source:   BuiltIn,
+		Hostname: "nest",
+		Console:  ConsoleShell,
+		Containers: []Container{
+			daemon("hello", "echo hello from a daemon container: $(hostname), uid $(id -u), pid $$, read-only /; "+
+				"while :; do sleep 3600; done"),
+			web,
+			alice,
+		},
 	}
 }
 

@@ -158,7 +158,12 @@ func TestParseErrors(t *testing.T) {
 		{"date", `hostname = 1979-05-27`, `1:12: hostname = 1979-05-27: want a string`},
 
 		// Unknown keys.
-		{"unknown top", "[network]\nbridge = \"nest0\"", `1:2: unknown key "network": want one of hostname, modules, console, mount, service, container`},
+		{"unknown top", "[network]\nbridge = \"nest0\"", `1:2: unknown key "network": want one of hostname, modules, console, subnet, mount, service, container`},
+		{"subnet form", `subnet = "10.88.0.0"`, `1:10: subnet = "10.88.0.0": want an IPv4 prefix, like "10.88.0.0/16"`},
+		{"subnet v6", `subnet = "fd00::/64"`, `1:10: subnet = "fd00::/64": want an IPv4 prefix`},
+		{"subnet host bits", `subnet = "10.88.0.1/16"`, `1:10: subnet = "10.88.0.1/16": want the network's own address: "10.88.0.0/16"`},
+		{"subnet small", `subnet = "10.88.0.0/25"`, `1:10: subnet = "10.88.0.0/25": want a prefix from /8 to /24 (each init's bridge takes a /24)`},
+		{"subnet type", `subnet = 1`, `1:10: subnet = 1: want a string`},
 		{"unknown top dotted", `foo.bar = 1`, `1:1: unknown key "foo": want one of`},
 		{"unknown service key", svc("web", "restrat = \"no\""), `4:1: service "web": unknown key "restrat": want one of name, exec, env, dir, restart, after, notify, stop_timeout, start_limit`},
 		{"start_limit zero", svc("a", `start_limit = 0`), `4:15: service "a": start_limit = 0: want a whole number from 1 to 1000`},
@@ -272,6 +277,9 @@ func TestDefault(t *testing.T) {
 	}
 	if c.Source != BuiltIn || c.Hostname != "nest" || c.Console != ConsoleShell {
 		t.Errorf("Default() = %+v, want Source %q, Hostname \"nest\", Console %q", c, BuiltIn, ConsoleShell)
+	}
+	if web, ok := c.Container("web"); !ok || web.Network != NetworkVeth || len(web.Publish) != 1 || !web.NAT {
+		t.Errorf("Default() has no networked web container: %+v", web)
 	}
 }
 

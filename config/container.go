@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,11 +33,11 @@ const (
 // root filesystem.
 const RootfsHost = "host"
 
-// Container.Network values. NetworkVeth is reserved: not supported yet.
+// Container.Network values.
 const (
 	NetworkNone = "none" // a network namespace with only lo
 	NetworkHost = "host" // the parent's network namespace
-	NetworkVeth = "veth"
+	NetworkVeth = "veth" // its own namespace with eth0 on the parent's bridge
 )
 
 // Limits of the container keys.
@@ -66,7 +67,15 @@ type Container struct {
 	Restart    Restart  // default RestartOnFailure
 	After      []string // services or containers of the same init started (and ready) before it
 	Hostname   string   // default: Name
-	Network    string   // NetworkNone (the default) or NetworkHost
+	Network    string   // NetworkNone (the default), NetworkHost or NetworkVeth
+	// Address, NAT, Publish and DNS are a veth container's: its pinned
+	// address (the zero Addr: leased), whether it is masqueraded beyond
+	// the parent (default true), its published ports, and its nameservers
+	// (nil: the parent's).
+	Address netip.Addr
+	NAT     bool
+	Publish []Publish
+	DNS     []netip.Addr
 	// Exec, Env and Dir are a daemon container's one service (Exec is
 	// required for a daemon); a user container has none.
 	Exec        []string
@@ -159,6 +168,10 @@ func (c Container) Equal(o Container) bool {
 		slices.Equal(c.After, o.After) &&
 		c.Hostname == o.Hostname &&
 		c.Network == o.Network &&
+		c.Address == o.Address &&
+		c.NAT == o.NAT &&
+		slices.Equal(c.Publish, o.Publish) &&
+		slices.Equal(c.DNS, o.DNS) &&
 		slices.Equal(c.Exec, o.Exec) &&
 		maps.Equal(c.Env, o.Env) &&
 		c.Dir == o.Dir &&
@@ -267,6 +280,7 @@ func (c *Config) Add(list ...Container) error {
 	}
 	all := append(slices.Clip(c.Containers), list...)
 	v := &problems{file: c.Source, ix: c.ix}
+	checkNetworkLevel(v, nil, all, c.BridgeSubnet())
 	checkLevel(v, levelMembers(v, "", c.Services, all, path("")), c.reserved())
 	if err := v.err(); err != nil {
 		return err

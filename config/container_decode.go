@@ -87,7 +87,7 @@ func (d *decoder) container(p path, header, parent, name string, t map[string]an
 	}
 	level := 1 // absent means 1, whatever is newest
 	sandbox := map[string]bool{}
-	hostname, user := false, false
+	hostname, user, nat := false, false, false
 	for _, k := range slices.Sorted(maps.Keys(t)) {
 		v, kp := t[k], p.key(k)
 		switch k {
@@ -132,6 +132,8 @@ func (d *decoder) container(p path, header, parent, name string, t map[string]an
 			if s, ok := d.str(ctx, kp, k, v); ok {
 				c.Network = s
 			}
+		case "address", "nat", "publish", "dns":
+			d.networkKey(ctx, kp, k, v, &c, &nat)
 		case "exec":
 			c.Exec, _ = d.strs(ctx, kp, k, v)
 		case "env":
@@ -170,6 +172,9 @@ func (d *decoder) container(p path, header, parent, name string, t map[string]an
 	}
 	if !hostname {
 		c.Hostname = name
+	}
+	if !nat {
+		c.NAT = c.Network == NetworkVeth
 	}
 	if !user && c.Kind == KindUser {
 		c.User = name

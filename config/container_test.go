@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -210,9 +211,9 @@ func TestParseContainerErrors(t *testing.T) {
 		{"stop_timeout", user("a", `stop_timeout = "10"`), `3:16: container "a": stop_timeout = "10": want a duration like "10s", "1m30s" or "500ms"`},
 
 		// Unknown keys, at every depth.
-		{"unknown key", user("a", `escalation = "key"`), `3:1: container "a": unknown key "escalation": want one of kind, rootfs, bind, memory, memory_high, pids, cpu, restart, after, hostname, network, exec, env, dir, user, stop_timeout, start_limit, private_users, private_tmp, private_devices, protect_proc, protect_sys, no_new_privileges, nesting, level, escalate, keys, keys_file, as, commands, password_hash, service, container`},
+		{"unknown key", user("a", `escalation = "key"`), `3:1: container "a": unknown key "escalation": want one of kind, rootfs, bind, memory, memory_high, pids, cpu, restart, after, hostname, network, address, nat, publish, dns, exec, env, dir, user, stop_timeout, start_limit, private_users, private_tmp, private_devices, protect_proc, protect_sys, no_new_privileges, nesting, level, escalate, keys, keys_file, as, commands, password_hash, service, container`},
 		{"unknown bind key", daemon("a", "[[container.a.bind]]", `source = "/x"`, `ro = true`), `6:1: container "a": bind[0]: unknown key "ro": want one of source, target, writable`},
-		{"unknown grandchild key", user("a", "[container.a.container.b]", "kind = \"user\"", "publish = []"), `5:1: container "a/b": unknown key "publish": want one of kind`},
+		{"unknown grandchild key", user("a", "[container.a.container.b]", "kind = \"user\"", "bogus = []"), `5:1: container "a/b": unknown key "bogus": want one of kind`},
 		{"unknown child service key", user("a", "[[container.a.service]]", `name = "s"`, `exec = ["/s"]`, `kind = "x"`), `6:1: service "a/s": unknown key "kind": want one of name, exec`},
 
 		// Names and kinds.
@@ -253,11 +254,34 @@ func TestParseContainerErrors(t *testing.T) {
 		{"hostname", user("a", `hostname = "a_b"`), `3:12: container "a": hostname = "a_b": want letters, digits, '-' and '.', at most 64 characters, no part starting or ending with '-'`},
 		{"hostname empty", user("a", `hostname = ""`), `3:12: container "a": hostname = "": want letters, digits`},
 		{"hostname from name", user("a-"), `1:12: container "a-": its name is no host name (a host name does not end with '-'); set hostname`},
-		{"network veth", daemon("a", `network = "veth"`), `4:11: container "a": network = "veth": not supported yet; want "none" or "host"`},
-		{"network bad", daemon("a", `network = "bridge"`), `4:11: container "a": network = "bridge": want "none" (only lo) or "host" (the parent's network)`},
+		{"network bad", daemon("a", `network = "bridge"`), `4:11: container "a": network = "bridge": want "none" (only lo), "host" (the parent's network) or "veth" (its own address on the parent's bridge)`},
 		{"level", user("a", `level = 2`), `3:9: container "a": level = 2: unknown sandbox level; want one of the known levels: 1`},
 		{"level zero", user("a", `level = 0`), `3:9: container "a": level = 0: unknown sandbox level; want one of the known levels: 1`},
 		{"stop_timeout long", user("a", `stop_timeout = "2h"`), `3:16: container "a": stop_timeout = "2h": want a duration above 0 and at most 1h`},
+
+		// Networks.
+		{"address form", daemon("a", `network = "veth"`, `address = "10.88.0"`), `5:11: container "a": address = "10.88.0": want an IPv4 address, like "10.88.0.7"`},
+		{"address v6", daemon("a", `network = "veth"`, `address = "fd00::7"`), `5:11: container "a": address = "fd00::7": want an IPv4 address`},
+		{"address gateway", daemon("a", `network = "veth"`, `address = "10.88.0.1"`), `5:11: container "a": address = "10.88.0.1": the parent's bridge has .1 of its /24; pick another`},
+		{"address broadcast", daemon("a", `network = "veth"`, `address = "10.88.0.255"`), `5:11: container "a": address = "10.88.0.255": the network or broadcast address of its /24`},
+		{"address outside", daemon("a", `network = "veth"`, `address = "10.89.0.5"`), `5:11: container "a": address = "10.89.0.5": outside this init's bridge 10.88.0.0/24; pick an address in it`},
+		{"address outside subnet", "subnet = \"10.77.0.0/16\"\n" + daemon("a", `network = "veth"`, `address = "10.88.0.5"`), `6:11: container "a": address = "10.88.0.5": outside this init's bridge 10.77.0.0/24`},
+		{"address twice", daemon("a", `network = "veth"`, `address = "10.88.0.5"`) + daemon("b", `network = "veth"`, `address = "10.88.0.5"`), `10:11: container "b": address = "10.88.0.5": already the address of container "a"`},
+		{"address without veth", daemon("a", `address = "10.88.0.5"`), `4:1: container "a": address: only a container with network = "veth" has it; set network = "veth", or leave address out`},
+		{"nat without veth", daemon("a", `network = "host"`, `nat = true`), `5:1: container "a": nat: only a container with network = "veth" has it`},
+		{"nat type", daemon("a", `network = "veth"`, `nat = "yes"`), `5:7: container "a": nat = "yes": want true or false`},
+		{"publish form", daemon("a", `network = "veth"`, `publish = ["8080"]`), `5:12: container "a": publish[0] = "8080": want "HOST:CONTAINER" or "HOST:CONTAINER/udp", ports 1 to 65535, like "8080:80" or "5353:53/udp"`},
+		{"publish proto", daemon("a", `network = "veth"`, `publish = ["80:80", "53:53/sctp"]`), `5:21: container "a": publish[1] = "53:53/sctp": want "HOST:CONTAINER"`},
+		{"publish zero", daemon("a", `network = "veth"`, `publish = ["0:80"]`), `5:12: container "a": publish[0] = "0:80": want`},
+		{"publish big", daemon("a", `network = "veth"`, `publish = ["65536:80"]`), `5:12: container "a": publish[0] = "65536:80": want`},
+		{"publish type", daemon("a", `network = "veth"`, `publish = [8080]`), `5:12: container "a": publish[0] = 8080: want a string`},
+		{"publish twice", daemon("a", `network = "veth"`, `publish = ["80:80", "80:8080/tcp"]`), `5:21: container "a": publish[1] = "80:8080/tcp": port 80/tcp is already published by publish[0]`},
+		{"publish taken", daemon("a", `network = "veth"`, `publish = ["80:80"]`) + daemon("b", `network = "veth"`, `publish = ["53:53/udp", "80:80"]`), `10:25: container "b": publish[1] = "80:80/tcp": port 80/tcp is already published by container "a"`},
+		{"publish without veth", daemon("a", `publish = ["80:80"]`), `4:1: container "a": publish: only a container with network = "veth" has it`},
+		{"dns form", daemon("a", `network = "veth"`, `dns = ["1.1.1"]`), `5:8: container "a": dns[0] = "1.1.1": want the IP address of a nameserver, like "192.0.2.53"`},
+		{"dns many", daemon("a", `network = "veth"`, `dns = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]`), `5:47: container "a": dns: 4 nameservers; the resolver reads at most 3`},
+		{"dns without veth", daemon("a", `dns = []`), `4:1: container "a": dns: only a container with network = "veth" has it`},
+		{"veth below none", user("a", "[container.a.container.b]", `kind = "daemon"`, `exec = ["/b"]`, `network = "veth"`), `6:11: container "a/b": network = "veth" needs a bridge in "a", which has network = "none"; set network = "veth" on "a"`},
 
 		// What each kind has.
 		{"daemon exec missing", "[container.a]\nkind = \"daemon\"", `1:12: container "a": exec is missing or empty: want the program and its arguments, like ["/usr/sbin/httpd", "-f"]`},
@@ -459,6 +483,20 @@ func TestLoadDir(t *testing.T) {
 		})
 	}
 
+	t.Run("network", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{"web.toml": "kind = \"daemon\"\nexec = [\"/web\"]\nnetwork = \"veth\"\npublish = [\"22:22\"]\naddress = \"10.77.0.9\""})
+		c, err := Parse("/etc/nest/nest.toml", []byte("subnet = \"10.77.0.0/16\"\n[container.ssh]\nkind = \"daemon\"\nexec = [\"/ssh\"]\nnetwork = \"veth\"\npublish = [\"22:22\"]\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = LoadDir(c, dir)
+		want := dir + `/web.toml:4:12: container "web": publish[0] = "22:22/tcp": port 22/tcp is already published by container "ssh"`
+		if err == nil || err.Error() != want {
+			t.Errorf("LoadDir(a port nest.toml publishes) =\n%v\nwant\n%s", err, want)
+		}
+	})
+
 	t.Run("unreadable", func(t *testing.T) {
 		dir := t.TempDir()
 		if err := os.Mkdir(filepath.Join(dir, "x.toml"), 0o755); err != nil {
@@ -603,6 +641,10 @@ func TestContainerEqual(t *testing.T) {
 		{"after", base, change(func(c *Container) { c.After = []string{"db", "alice"} }), false},
 		{"hostname", base, change(func(c *Container) { c.Hostname = "web" }), false},
 		{"network", base, change(func(c *Container) { c.Network = NetworkNone }), false},
+		{"address", base, change(func(c *Container) { c.Address = netip.MustParseAddr("10.88.0.9") }), false},
+		{"nat", base, change(func(c *Container) { c.NAT = true }), false},
+		{"publish", base, change(func(c *Container) { c.Publish = []Publish{{80, 80, "tcp"}} }), false},
+		{"dns", base, change(func(c *Container) { c.DNS = []netip.Addr{netip.MustParseAddr("192.0.2.53")} }), false},
 		{"exec", base, change(func(c *Container) { c.Exec[2] = "daemon on;" }), false},
 		{"env", base, change(func(c *Container) { c.Env["PORT"] = "8080" }), false},
 		{"dir", base, change(func(c *Container) { c.Dir = "/" }), false},
@@ -669,7 +711,7 @@ func TestValidateContainers(t *testing.T) {
 		`x: container "b": memory_high = -1: want a size of 0 (no limit) or more` + "\n" +
 		`x: container "b": restart = "": want "always", "on-failure" or "no"` + "\n" +
 		`x: container "b": hostname = "": want letters, digits, '-' and '.', at most 64 characters, no part starting or ending with '-'` + "\n" +
-		`x: container "b": network = "": want "none" (only lo) or "host" (the parent's network)` + "\n" +
+		`x: container "b": network = "": want "none" (only lo), "host" (the parent's network) or "veth" (its own address on the parent's bridge)` + "\n" +
 		`x: container "b": user = "": want a-z, 0-9 and '-', starting with a letter or digit, at most 32 characters` + "\n" +
 		`x: container "b": stop_timeout = "0s": want a duration above 0 and at most 1h` + "\n" +
 		`x: container "b": start_limit = 0: want a whole number from 1 to 1000` + "\n" +

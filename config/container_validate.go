@@ -2,6 +2,7 @@ package config
 
 import (
 	"math"
+	"net/netip"
 	pathpkg "path"
 	"slices"
 	"strconv"
@@ -77,13 +78,7 @@ func (c *Container) validate(parent *problems) {
 	default:
 		v.val([]path{p.key("hostname"), p}, "%shostname = %s: want letters, digits, '-' and '.', at most 64 characters, no part starting or ending with '-'", ctx, strconv.Quote(c.Hostname))
 	}
-	switch c.Network {
-	case NetworkNone, NetworkHost:
-	case NetworkVeth:
-		v.val([]path{p.key("network"), p}, `%snetwork = "veth": not supported yet; want "none" or "host"`, ctx)
-	default:
-		v.val([]path{p.key("network"), p}, `%snetwork = %s: want "none" (only lo) or "host" (the parent's network)`, ctx, strconv.Quote(c.Network))
-	}
+	c.validateNetwork(v, ctx)
 
 	switch c.Kind {
 	case KindDaemon:
@@ -127,6 +122,7 @@ func (c *Container) validate(parent *problems) {
 	for i := range c.Containers {
 		c.Containers[i].validate(v)
 	}
+	checkNetworkLevel(v, c, c.Containers, netip.Prefix{})
 	checkLevel(v, levelMembers(v, id, c.Services, c.Containers, p), func(name string) string {
 		if name == ConsoleUnit {
 			return "reserved for the console shell of the init inside " + strconv.Quote(id) + "; pick another name"

@@ -12,11 +12,11 @@ import (
 
 // The keys each table allows, in the order the docs list them.
 var (
-	topKeys       = []string{"hostname", "modules", "console", "mount", "service", "container"}
+	topKeys       = []string{"hostname", "modules", "console", "subnet", "mount", "service", "container"}
 	mountKeys     = []string{"source", "target", "type", "options"}
 	serviceKeys   = []string{"name", "exec", "env", "dir", "restart", "after", "notify", "stop_timeout", "start_limit"}
 	containerKeys = []string{"kind", "rootfs", "bind", "memory", "memory_high", "pids", "cpu", "restart", "after",
-		"hostname", "network", "exec", "env", "dir", "user", "stop_timeout", "start_limit",
+		"hostname", "network", "address", "nat", "publish", "dns", "exec", "env", "dir", "user", "stop_timeout", "start_limit",
 		"private_users", "private_tmp", "private_devices", "protect_proc", "protect_sys", "no_new_privileges", "nesting", "level",
 		"escalate", "keys", "keys_file", "as", "commands", "password_hash",
 		"service", "container"}
@@ -48,6 +48,8 @@ func (d *decoder) config(tree map[string]any) *Config {
 			if s, ok := d.str("", p, k, v); ok {
 				c.Console = s
 			}
+		case "subnet":
+			c.Subnet = d.subnet(p, v)
 		case "mount":
 			for i, t := range d.tables("", p, k, k, v) {
 				if t != nil {

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"testing"
 )
 
@@ -17,6 +18,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(svc("db", `after = ["web"]`) + daemon("web", `after = ["db"]`, `bind = [{ source = "/", target = "/../x" }, { source = "/a" }]`, `memory = "1G"`, `memory_high = "2G"`, `cpu = nan`)))
 	f.Add([]byte("container = { a = { kind = \"user\", container = { b = { kind = \"daemon\", service = [{}] } } } }"))
 	f.Add([]byte("kind = \"daemon\"\nexec = [\"/x\"]\n[[bind]]\nsource = \"/x\"\n[container.c]\nkind = \"user\"\nlevel = 2\n"))
+	f.Add([]byte("subnet = \"10.77.0.0/16\"\n[container.w]\nkind = \"daemon\"\nexec = [\"/w\"]\nnetwork = \"veth\"\naddress = \"10.77.0.9\"\npublish = [\"80:80\", \"53:53/udp\"]\ndns = [\"::1\"]\nnat = false\n"))
+	f.Add([]byte("kind = \"user\"\nnetwork = \"veth\"\naddress = \"10.88.9.1\"\n[container.x]\nkind = \"daemon\"\nexec = [\"/x\"]\nnetwork = \"veth\"\npublish = [\"1:1\"]\n"))
 	f.Add([]byte("[container.a]\nkind = \"user\"\nescalate = \"key\"\nkeys = [\"ssh-ed25519 AAAA x\"]\ncommands = [[\"id\", \"...\"], []]\npassword_hash = \"$y$j9T$x\"\nas = \"root\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lines := bytes.Count(data, []byte("\n")) + 1
@@ -41,10 +44,12 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("ParseContainer(%q) = %+v, want container f of f.toml", data, ct)
 		}
 		// Alone in a config it must validate, but for its after names,
-		// which may name units of other containers.d files (LoadDir
-		// checks those).
+		// which may name units of other containers.d files, and its
+		// address, which must be in the bridge of the init's subnet
+		// (LoadDir checks those).
 		alone := *ct
 		alone.After = nil
+		alone.Address = netip.Addr{}
 		cfg := &Config{Source: "nest.toml", Console: ConsoleNone, Containers: []Container{alone}}
 		if err := cfg.Validate(); err != nil {
 			t.Fatalf("ParseContainer(%q) passed, but Validate() = %v", data, err)

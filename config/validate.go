@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	pathpkg "path"
 	"slices"
 	"strconv"
@@ -37,11 +38,26 @@ func (c *Config) validate(v *problems) {
 		m.validate(v, top.key("mount").idx(i), i)
 	}
 	validateServices(v, "", c.Services, top.key("service"))
+	if s := c.Subnet; s.IsValid() && (!s.Addr().Is4() || s.Masked() != s || s.Bits() < MinSubnetBits || s.Bits() > MaxSubnetBits) {
+		v.val([]path{top.key("subnet")}, "subnet = %s: want an IPv4 network prefix from /%d to /%d", strconv.Quote(s.String()), MinSubnetBits, MaxSubnetBits)
+	}
 	for i := range c.Containers {
 		c.Containers[i].validate(v)
 	}
+	checkNetworkLevel(v, nil, c.Containers, c.BridgeSubnet())
 	checkLevel(v, levelMembers(v, "", c.Services, c.Containers, top), c.reserved())
 }
+
+// Pool is Subnet, or DefaultSubnet when it is not set.
+func (c *Config) Pool() netip.Prefix {
+	if c.Subnet.IsValid() {
+		return c.Subnet
+	}
+	return DefaultSubnet
+}
+
+// BridgeSubnet is the /24 of this init's own bridge: the first of Pool.
+func (c *Config) BridgeSubnet() netip.Prefix { return BridgeSubnet(c.Pool()) }
 
 // reserved says why a name is taken at the top of c: the console shell's.
 func (c *Config) reserved() func(name string) string {

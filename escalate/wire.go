@@ -38,6 +38,8 @@ var Types = map[string]bool{
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
 	"shell":    true, // parent → child: a shell in a container, with the session socket attached; the reply: none
+	"net":      true, // parent → child init of a veth container, once after the spec: its address, resolvers, hosts, subnet
+	"hosts":    true, // parent → child init: the hosts of its bridge changed, in Body
 	"error":    true, // reply: the request failed; Error says why
 
 	// The session socket of `nest shell`, from the container's init to the CLI.

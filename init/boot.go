@@ -157,6 +157,7 @@ func (b *booter) bootUp() {
 		Cgroups:          servicesCgroup,
 		ContainerCgroups: containersCgroup,
 		IDs:              ids,
+		Net:              rootNetOptions(cfg, b.loadModules),
 	})
 	b.admin = &containerAdmin{cfgPath: b.cfgPath, sup: b.sup, ids: &ids, logf: b.logf,
 		load: func() (*config.Config, error) { return loadConfig(b.cfgPath, true) }}

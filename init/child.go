@@ -46,6 +46,10 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	cnet, err := receiveChildNet(c, link)
+	if err != nil {
+		return fail("%v", err)
+	}
 
 	hostname := c.Hostname
 	if hostname == "" {
@@ -92,6 +96,9 @@ func childInit(args []string, sigs chan os.Signal) int {
 			return fail("%v", err)
 		}
 	}
+	if err := cnet.writeEtc(logf); err != nil {
+		return fail("%v", err)
+	}
 	ownConfig(&c, logf)
 	shells := newShellHost(c) // before any process of the container runs
 
@@ -130,6 +137,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		// this container's own root.
 		Nested: true, Layers: own,
 		WorkloadUserns: c.Sandbox.Nesting && c.Sandbox.PrivateUsers,
+		Net:            cnet.netOptions(),
 	}
 	if c.Kind == config.KindUser {
 		opts.LogDir = logDir // the container's own, from its state
@@ -150,6 +158,9 @@ func childInit(args []string, sigs chan os.Signal) int {
 	}
 	parent := supervise.NewParentLink(link)
 	parent.Shells = shells
+	if cnet != nil {
+		parent.OnHosts = cnet.updateHosts(logf)
+	}
 	go func() {
 		if waitSettled(sup, time.Minute) {
 			if err := parent.Ready(); err != nil {

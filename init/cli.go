@@ -299,6 +299,9 @@ func printDetail(w io.Writer, st supervise.Status) {
 	if st.IDs != "" {
 		fmt.Fprintf(w, "  ids:      %s (its root is the first)\n", st.IDs)
 	}
+	if st.Address != "" {
+		fmt.Fprintf(w, "  address:  %s\n", printable(st.Address))
+	}
 	fmt.Fprintf(w, "  restart:  %s (%d restarts)\n", st.Restart, st.Restarts)
 	if len(st.After) > 0 {
 		fmt.Fprintf(w, "  after:    %s\n", strings.Join(st.After, ", "))
@@ -328,12 +331,15 @@ func age(t time.Time) string {
 // ("alice/dev"). Where a container's listing is incomplete a row says why.
 func printList(w io.Writer, list []supervise.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tPID\tMEMORY\tUPTIME")
+	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tPID\tMEMORY\tUPTIME\tADDRESS")
 	var rows func(list []supervise.Status, prefix, indent string)
 	rows = func(list []supervise.Status, prefix, indent string) {
 		for _, st := range list {
 			path := prefix + st.Name
-			pid, mem, up := "-", "-", "-"
+			pid, mem, up, addr := "-", "-", "-", "-"
+			if st.Address != "" {
+				addr = printable(st.Address)
+			}
 			if st.Pid != 0 {
 				pid = fmt.Sprint(st.Pid)
 			}
@@ -344,11 +350,11 @@ func printList(w io.Writer, list []supervise.Status, now time.Time) {
 			case supervise.StateRunning, supervise.StateStarting, supervise.StateStopping:
 				up = uptime(now.Sub(st.Since))
 			}
-			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\n", indent, printable(path), printable(st.Kind),
-				printable(string(st.State)), pid, mem, up)
+			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", indent, printable(path), printable(st.Kind),
+				printable(string(st.State)), pid, mem, up, addr)
 			rows(st.Children, path+"/", indent+"  ")
 			if st.Incomplete != "" {
-				fmt.Fprintf(tw, "%s  %s/…\t-\tincomplete: %s\t-\t-\t-\n", indent, printable(path), printable(st.Incomplete))
+				fmt.Fprintf(tw, "%s  %s/…\t-\tincomplete: %s\t-\t-\t-\t-\n", indent, printable(path), printable(st.Incomplete))
 			}
 		}
 	}

@@ -21,10 +21,10 @@ func TestPrintList(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	list := []supervise.Status{
 		{Name: "syslog", Kind: "service", State: supervise.StateRunning, Pid: 12, Memory: 1536 << 10, Since: now.Add(-42 * time.Second)},
-		{Name: "alice", Kind: "user", State: supervise.StateRunning, Pid: 40, Memory: 300 << 20, Since: now.Add(-3*time.Hour - 4*time.Minute),
+		{Name: "alice", Kind: "user", State: supervise.StateRunning, Pid: 40, Memory: 300 << 20, Since: now.Add(-3*time.Hour - 4*time.Minute), Address: "10.88.0.2/24",
 			Children: []supervise.Status{
 				{Name: "sshd", Kind: "service", State: supervise.StateRunning, Pid: 7, Since: now.Add(-5*time.Minute - 12*time.Second)},
-				{Name: "dev", Kind: "user", State: supervise.StateRunning, Pid: 9, Memory: 20 << 30, Since: now.Add(-50 * time.Hour),
+				{Name: "dev", Kind: "user", State: supervise.StateRunning, Pid: 9, Memory: 20 << 30, Since: now.Add(-50 * time.Hour), Address: "10.88.1.2/24",
 					Children:   []supervise.Status{{Name: "app", Kind: "service", State: supervise.StateFailed, Since: now}},
 					Incomplete: "no answer in time"},
 			}},
@@ -33,15 +33,15 @@ func TestPrintList(t *testing.T) {
 	}
 	var b bytes.Buffer
 	printList(&b, list, now)
-	want := `NAME               KIND     STATE                          PID  MEMORY  UPTIME
-syslog             service  running                        12   1.5M    42s
-alice              user     running                        40   300M    3h4m
-  alice/sshd       service  running                        7    -       5m12s
-  alice/dev        user     running                        9    20G     2d2h
-    alice/dev/app  service  failed                         -    -       -
-    alice/dev/…    -        incomplete: no answer in time  -    -       -
-web                daemon   stopped                        -    -       -
-evil?[2J           service  unknown                        -    -       -
+	want := `NAME               KIND     STATE                          PID  MEMORY  UPTIME  ADDRESS
+syslog             service  running                        12   1.5M    42s     -
+alice              user     running                        40   300M    3h4m    10.88.0.2/24
+  alice/sshd       service  running                        7    -       5m12s   -
+  alice/dev        user     running                        9    20G     2d2h    10.88.1.2/24
+    alice/dev/app  service  failed                         -    -       -       -
+    alice/dev/…    -        incomplete: no answer in time  -    -       -       -
+web                daemon   stopped                        -    -       -       -
+evil?[2J           service  unknown                        -    -       -       -
 `
 	if b.String() != want {
 		t.Errorf("printList:\n%s\nwant:\n%s", b.String(), want)

@@ -105,6 +105,7 @@ func up(args []string, sigs chan os.Signal) int {
 			LogDir:  logDir,
 			RunDir:  filepath.Dir(*socket),
 			Cgroups: u.cgroups(),
+			Net:     rootNetOptions(cfg, nil),
 		})
 		u.admin = &containerAdmin{cfgPath: u.cfgPath, sup: u.sup, ids: &sandbox.Pool{}, logf: u.logf,
 			load: func() (*config.Config, error) { return loadConfig(u.cfgPath, false) }}

@@ -1,7 +1,3 @@
-// Package net configures an init's network: the loopback interface now;
-// bridges, veth pairs, addresses, routes and NAT for child containers as
-// they arrive. Importers alias it (nestnet) because it uses the standard
-// library's net itself.
 package net
 
 import (

@@ -16,6 +16,8 @@ import (
 	"unicode"
 
 	"golang.org/x/sys/unix"
+
+	"nest/statefile"
 )
 
 const (
@@ -267,7 +269,7 @@ func (p Pool) update(change func([]lease) ([]lease, error)) error {
 			return fmt.Errorf("id pool: %w", err)
 		}
 	}
-	unlock, err := lockFile(path + ".lock")
+	unlock, err := statefile.Lock(path + ".lock")
 	if err != nil {
 		return fmt.Errorf("id pool: %w", err)
 	}
@@ -313,27 +315,6 @@ func sameLeases(a, b []lease) bool {
 	sortByStart(a)
 	sortByStart(b)
 	return slices.Equal(a, b)
-}
-
-// lockFile takes an exclusive flock of path, blocking until it is free.
-// flock belongs to the open file description, so two opens in one process
-// exclude each other as two processes do.
-func lockFile(path string) (unlock func(), err error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, &os.PathError{Op: "flock", Path: path, Err: err}
-	}
-	return func() { unix.Close(fd) }, nil
 }
 
 // readLeases reads the pool file; a missing file is an empty pool. Any
@@ -428,37 +409,8 @@ func writeLeases(path string, ls []lease, durable bool) error {
 		}
 		fmt.Fprintf(&b, "%d %d %s\n", l.Start, l.Size, owner)
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := statefile.Write(path, b.Bytes(), durable); err != nil {
 		return fmt.Errorf("id pool: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b.Bytes())
-	if err == nil && durable {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("id pool: %w", err)
-	}
-	if !durable {
-		return nil
-	}
-	// The rename is durable only once the directory is.
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("id pool: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("id pool: sync %s: %w", dir, err)
 	}
 	return nil
 }

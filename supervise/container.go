@@ -93,7 +93,11 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		if base, err = mounts.CloneBase(rootfsPath(c)); err != nil {
 			return fail(fmt.Errorf("rootfs %s: %w", rootfsPath(c), err))
 		}
-		cleanup = append(cleanup, func() { unix.Close(base) })
+		cleanup = append(cleanup, func() {
+			if base >= 0 {
+				unix.Close(base)
+			}
+		})
 	}
 
 	link, childLink, err := escalate.Pair()
@@ -134,7 +138,11 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		return fail(err)
 	}
 	defer logW.Close()
-	cleanup = append(cleanup, func() { logR.Close() })
+	cleanup = append(cleanup, func() {
+		if logR != nil {
+			logR.Close()
+		}
+	})
 
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP)
 	if c.Network != "host" {
@@ -189,6 +197,12 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// Handed over: a later failure must not close it again (the fd
+	// number may be another's by then).
+	if base >= 0 {
+		unix.Close(base)
+		base = -1
+	}
 	failStarted := func(err error) (*Process, *containerRun, *cgroup, error) {
 		proc.Signal(unix.SIGKILL)
 		<-proc.Done()
@@ -210,9 +224,15 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 		return failStarted(err)
 	}
 	// Only now: a failed start closes logR (the pipe keeps what the
-	// init wrote meanwhile).
+	// init wrote meanwhile); from here on copyLog owns it.
 	go u.copyLog(logR)
+	logR = nil
 	run := newContainerRun(link, c.Name, u.logf)
+	if c.Network == config.NetworkVeth {
+		if err := u.attachNetwork(proc, run); err != nil {
+			return failStarted(err)
+		}
+	}
 	go run.read()
 	return proc, run, cg, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"nest/escalate"
+	nestnet "nest/net"
 )
 
 // The link between a child container's init and its parent: one
@@ -304,6 +305,8 @@ type ParentLink struct {
 	conn   *escalate.Conn
 	sendMu sync.Mutex
 	busy   chan struct{} // one token per request being answered
+	// OnHosts, when set, takes the hosts of each hosts message (checked).
+	OnHosts func([]nestnet.Host)
 }
 
 // Bounds of the child's side.
@@ -363,6 +366,8 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 				action = "reboot"
 			}
 			shutdown(action)
+		case msgHosts:
+			p.hosts(m, logf)
 		case msgSubtree, msgAct, msgShell:
 			if m.ID == 0 {
 				logf("link: %s request without an id, ignored", m.Type)

@@ -50,6 +50,8 @@ type Options struct {
 	// the masks of /proc — can be removed. For inits whose units keep
 	// CAP_SYS_ADMIN (containers that may nest).
 	WorkloadUserns bool
+	// Net gives veth containers their network (nil: none here).
+	Net *NetOptions
 }
 
 // Supervisor runs a set of units.
@@ -62,6 +64,7 @@ type Supervisor struct {
 	change   chan struct{}
 	stopping bool
 
+	netState   netState
 	escalation *escalation // made at the first child container (escalation.go)
 }
 
@@ -126,12 +129,16 @@ func (s *Supervisor) Apply(specs []Spec) {
 
 	s.mu.Lock()
 	var down []<-chan struct{}
+	var gone []string // containers removed from the config
 	var kept, removed []Spec
 	for name, u := range s.units {
 		sp, keep := want[name]
 		if keep && sameSpec(u.spec, sp) {
 			kept = append(kept, sp)
 			continue
+		}
+		if !keep && u.spec.Container != nil {
+			gone = append(gone, name)
 		}
 		down = append(down, u.send(opRemove))
 		delete(s.units, name)
@@ -140,6 +147,9 @@ func (s *Supervisor) Apply(specs []Spec) {
 	s.mu.Unlock()
 	for _, d := range down {
 		<-d
+	}
+	for _, name := range gone {
+		s.releaseNetwork(name)
 	}
 	s.applyEscalation(kept, removed)
 
@@ -249,6 +259,7 @@ func (s *Supervisor) Shutdown() {
 	for _, u := range units {
 		u.log.Close()
 	}
+	s.closeNetwork()
 }
 
 // recoverUnit keeps a panic in one unit's goroutine from ending the init:

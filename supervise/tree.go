@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -317,6 +318,9 @@ func cleanStatus(n Status) Status {
 	n.Status = cleanText(n.Status)
 	n.Restart = cleanText(n.Restart)
 	n.Incomplete = cleanText(n.Incomplete)
+	if a, err := netip.ParsePrefix(n.Address); err != nil || !a.Addr().Is4() {
+		n.Address = ""
+	}
 	if len(n.Exec) > maxExecArgs {
 		n.Exec = n.Exec[:maxExecArgs]
 	}

@@ -108,6 +108,7 @@ type Unit struct {
 	cgroup   string        // the current run's cgroup directory, if it has one
 	link     *containerRun // the current run's link, for a container
 	tty      *os.File      // a shell session's terminal (openShell); nil for units
+	address  string        // the current run's address on the bridge, for a veth container
 }
 
 func newUnit(s *Supervisor, spec Spec) *Unit {
@@ -310,6 +311,7 @@ func (u *Unit) run(want bool) {
 
 		case st := <-exitC:
 			lived := time.Since(procStart)
+			u.detachNetwork()
 			u.mu.Lock()
 			u.link, u.cgroup = nil, ""
 			u.mu.Unlock()
@@ -638,6 +640,9 @@ type Status struct {
 	// root and users are, "FIRST-LAST" (a container of its own range), or
 	// "" (a service, or a container that shares this init's ids).
 	IDs string `json:"ids,omitempty"`
+	// Address is a veth container's address on its parent's bridge, with
+	// the prefix length ("10.88.0.2/24").
+	Address string `json:"address,omitempty"`
 	// Children are a container's units, as its init reports them over the
 	// link (tree listings only); Incomplete says why they are missing or
 	// cut short.
@@ -664,6 +669,7 @@ func (u *Unit) Status() Status {
 		Exec:     u.spec.Exec,
 		Restart:  string(u.spec.Restart),
 		After:    u.spec.After,
+		Address:  u.address,
 	}
 	if u.lastExit != nil {
 		st.LastExit = u.lastExit.String()

@@ -72,7 +72,10 @@ func (s scenario) image(t testing.TB) string {
 		t.Fatal(err)
 	}
 	img.XZModules = []string{"dummy"}
-	if err := img.AddModules(TestKernel(t), append(append([]string(nil), nestModules...), s.modules...)...); err != nil {
+	// The network modules are loaded only once a veth container starts
+	// (the built-in config of a broken boot has one).
+	modules := append(append(append([]string(nil), nestModules...), netModules...), s.modules...)
+	if err := img.AddModules(TestKernel(t), modules...); err != nil {
 		t.Fatal(err)
 	}
 	return WriteImage(t, img)

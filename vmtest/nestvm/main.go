@@ -24,6 +24,8 @@ const motd = `
     nest ls --tree         the units of this container and of its children
     nest logs hello        what the daemon container "hello" said
     nest shell alice       a shell in the user container alice (root in her view only)
+    wget -qO- 127.0.0.1:8080   the daemon container "web", on its own address
+                           (nest ls shows it), answers on a published port
     nest stop hello        and nest start hello; restart too
     cat /proc/1/cgroup     PID 1 lives in /init.scope; units in /services/NAME
     kill -HUP 1            re-read /etc/nest/nest.toml (write one: see docs/config.md)
@@ -33,9 +35,14 @@ const motd = `
 
 // initramfsConfig loads the drivers of the root disk; a shell is there if
 // the disk cannot be mounted.
-const initramfsConfig = `modules = ["virtio_pci", "virtio_blk", "ext4"]
+const initramfsConfig = `modules = ["virtio_pci", "virtio_blk", "ext4",
+  "nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"]
 console = "shell"
 `
+
+// netModules are those of veth networks (the demo's web container): the
+// disk has no modules of its own, so the initramfs loads them.
+var netModules = []string{"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"}
 
 func main() {
 	if err := run(); err != nil {
@@ -66,6 +73,7 @@ func run() error {
 		return err
 	}
 	modules := append([]string{"veth", "bridge", "overlay", "squashfs", "loop"}, vmtest.Ext4Modules...)
+	modules = append(modules, netModules...)
 	if err := img.AddModules(k, modules...); err != nil {
 		return err
 	}
@@ -83,6 +91,9 @@ func run() error {
 	sys.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
 	sys.AddBytes("/etc/profile", []byte("cat /etc/motd\nPS1='\\h:\\w# '\n"), 0o644)
 	sys.AddBytes("/etc/motd", []byte(motd), 0o644)
+	// What a veth container's init covers with its own.
+	sys.AddBytes("/etc/hosts", []byte("127.0.0.1\tlocalhost\n"), 0o644)
+	sys.AddBytes("/etc/resolv.conf", nil, 0o644)
 	if *cfg != "" {
 		sys.AddFile("/etc/nest/nest.toml", *cfg, 0o644)
 	}

@@ -47,6 +47,10 @@ func helper(name string) int {
 		return probe()
 	case "userprobe":
 		return userProbe()
+	case "tcpsink":
+		return tcpSink()
+	case "tcpsource":
+		return tcpSource()
 	case "escalate":
 		return escalateHelper()
 	}

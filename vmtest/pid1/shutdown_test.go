@@ -76,9 +76,18 @@ func TestEmergency(t *testing.T) {
 		t.Errorf("nest status = %d %q, want the console shell running", code, out)
 	}
 	// The built-in config: the console shell and the demo's daemon
-	// container, nothing of the broken file.
-	if lines := strings.Count(strings.TrimSpace(out), "\n"); lines != 2 || !strings.Contains(out, "hello") {
-		t.Errorf("nest status shows %d units, want the console and hello:\n%s", lines, out)
+	// containers, nothing of the broken file.
+	if lines := strings.Count(strings.TrimSpace(out), "\n"); lines != 3 || !strings.Contains(out, "hello") || !strings.Contains(out, "web") {
+		t.Errorf("nest status shows %d units, want the console, hello and web:\n%s", lines, out)
+	}
+	// The demo's web answers on its published port.
+	var body string
+	until(t, 60*time.Second, "the demo's web on 127.0.0.1:8080", func() bool {
+		body, _ = get("http://127.0.0.1:8080/")
+		return body != ""
+	})
+	if !strings.Contains(body, "hello from web, a daemon container at 10.88.0.") {
+		t.Errorf("the demo's web says %q", body)
 	}
 }
 

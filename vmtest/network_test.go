@@ -1,0 +1,91 @@
+package vmtest
+
+import (
+	"testing"
+	"time"
+)
+
+// netModules are the modules nest loads for veth networks (init/network.go).
+var netModules = []string{"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"}
+
+const networkConfig = `# The network scenario of vmtest/network_test.go.
+console = "none"
+
+[[service]]
+name = "holder"                      # holds a port of the root
+exec = ["/bin/busybox", "httpd", "-f", "-p", "9090"]
+
+[container.web]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "mkdir /tmp/www; echo hello from web > /tmp/www/index.html; httpd -p 80 -h /tmp/www; until grep -q client /etc/hosts; do sleep 0.1; done; echo hosts name client; exec sleep 100000"]
+network = "veth"
+publish = ["8080:80"]
+
+[container.client]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "until wget -q -O- http://web/; do sleep 0.2; done; cat /etc/hosts /etc/resolv.conf; exec sleep 100000"]
+network = "veth"
+after   = ["web"]
+
+[container.pinned]
+kind    = "daemon"
+exec    = ["/bin/sleep", "100000"]
+network = "veth"
+address = "10.88.0.99"
+nat     = false
+
+[container.natted]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "until wget -q -O- http://192.0.2.2:7000/; do sleep 0.3; done; exec sleep 100000"]
+network = "veth"
+
+[container.isolated]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "echo LINKS $(ip -o link | cut -d: -f2); exec sleep 100000"]
+
+[container.shared]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "echo LINKS $(ip -o link | cut -d: -f2); exec sleep 100000"]
+network = "host"
+after   = ["web"]
+
+[container.taken]
+kind        = "daemon"
+exec        = ["/bin/sleep", "100000"]
+network     = "veth"
+publish     = ["9090:80"]
+after       = ["holder"]
+start_limit = 1
+
+[container.cycler]
+kind    = "daemon"
+exec    = ["/bin/sleep", "100000"]
+network = "veth"
+publish = ["7070:80"]
+
+[[service]]
+name    = "vmtest"
+exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestNetwork"]
+restart = "no"
+`
+
+// TestPID1Network boots veth, none and host containers and checks them
+// from the root and from inside (vmtest/pid1/network_test.go): names and
+// hosts updates, published ports on loopback and the bridge, outbound
+// NAT, leases, a taken port, bad network config with its line, a subnet
+// that a route overlaps, 100 start/stop cycles that leave nothing.
+func TestPID1Network(t *testing.T) {
+	t.Parallel()
+	vm := &VM{
+		Kernel: TestKernel(t),
+		Initrd: scenario{config: networkConfig, files: map[string]string{
+			"/etc/hosts":       "127.0.0.1\tlocalhost\n",
+			"/etc/resolv.conf": "nameserver 192.0.2.53\nnameserver 127.0.0.53\n",
+			"/etc/hostname":    "nestvm\n",
+		}}.image(t),
+		Memory:  1024,
+		Timeout: 5 * time.Minute,
+	}
+	r := RunTest(t, vm)
+	mustContain(t, r, "nest: web: ready", "nest: client: ready")
+}
