@@ -714,8 +714,11 @@ func TestBrokerPTY(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	type_("stty size\r")
 	waitScreen("40 100")
-	type_("sleep 100\r")
-	time.Sleep(200 * time.Millisecond)
+	// ^C once the job runs (typed while the shell reads its line, it is
+	// a byte, not a signal).
+	type_("echo job; sleep 100\r")
+	waitScreen("job\r\n")
+	time.Sleep(100 * time.Millisecond)
 	type_("\x03")
 	type_("echo rc=$?\r")
 	waitScreen("rc=130")
