@@ -115,11 +115,11 @@ func runSandbox(args []string) int {
 	dir, _ := os.Getwd()
 	spec := runSpec{Argv: fl.Args(), Dir: dir, Hostname: *hostname, Binds: binds, OwnNet: *network == "none"}
 
-	ids, err := sandbox.Pool{Path: sandbox.DefaultPoolPath}.AcquireTemp()
+	ids, err := sandbox.Pool{}.AcquireTemp()
 	if err != nil {
 		return fail("%v", err)
 	}
-	defer sandbox.Pool{Path: sandbox.DefaultPoolPath}.Release(ids.Owner)
+	defer ids.Close()
 
 	base, err := mounts.CloneBase(*rootfs)
 	if err != nil {
