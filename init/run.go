@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 
@@ -189,9 +188,6 @@ func runSandbox(args []string) int {
 // root, drops what CMD must not have, and runs CMD as `nest up -- CMD`
 // does — forwarding signals, reaping orphans, exiting with CMD's status.
 func runInit(args []string, sigs chan os.Signal) int {
-	// Capabilities and no_new_privs are per thread, and CMD is forked from
-	// this thread.
-	runtime.LockOSThread()
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "nest run: "+format+"\n", a...)
 		return runExitError
@@ -225,11 +221,13 @@ func runInit(args []string, sigs chan os.Signal) int {
 	if err := os.Chdir(spec.Dir); err != nil {
 		os.Chdir("/")
 	}
-	if err := sandbox.LimitCaps(sandbox.DaemonCaps); err != nil {
-		return fail("%v", err)
+	// Capabilities and no_new_privs are per thread: up lowers the thread
+	// that forks CMD, and only that one.
+	confine := func() error {
+		if err := sandbox.LimitCaps(sandbox.DaemonCaps); err != nil {
+			return err
+		}
+		return sandbox.NoNewPrivs()
 	}
-	if err := sandbox.NoNewPrivs(); err != nil {
-		return fail("%v", err)
-	}
-	return up(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs)
+	return upConfined(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs, confine)
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -34,10 +35,19 @@ type upper struct {
 	sup     *supervise.Supervisor
 	ctl     *supervise.Control
 	power   chan string
+	// confine, if set, lowers the privileges of the thread that forks
+	// CMD of the entrypoint form, just before the fork (nest run).
+	confine func() error
 }
 
 func up(args []string, sigs chan os.Signal) int {
-	u := &upper{stderr: os.Stderr, power: make(chan string, 4), reaper: supervise.NewReaper()}
+	return upConfined(args, sigs, nil)
+}
+
+// upConfined is up whose CMD is started by a thread that confine has
+// lowered first (capabilities and no_new_privs are per thread).
+func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
+	u := &upper{stderr: os.Stderr, power: make(chan string, 4), reaper: supervise.NewReaper(), confine: confine}
 	fl := flag.NewFlagSet("nest up", flag.ContinueOnError)
 	fl.SetOutput(u.stderr)
 	fl.StringVar(&u.cfgPath, "c", "", "config `file` (default "+config.DefaultPath+"; with -- CMD, only when given)")
@@ -179,11 +189,31 @@ func (u *upper) startMain(cmd []string) (*supervise.Process, error) {
 		sys.Foreground, sys.Ctty = true, 0
 	}
 	argv := append([]string{path}, cmd[1:]...)
-	p, err := u.reaper.Start(argv, &syscall.ProcAttr{Dir: wd, Env: os.Environ(), Files: []uintptr{0, 1, 2}, Sys: sys})
-	if err != nil {
-		return nil, err
+	attr := &syscall.ProcAttr{Dir: wd, Env: os.Environ(), Files: []uintptr{0, 1, 2}, Sys: sys}
+	if u.confine == nil {
+		return u.reaper.Start(argv, attr)
 	}
-	return p, nil
+	// Forked from a thread of its own that confine lowers and that ends
+	// with this goroutine (a goroutine that exits locked takes its thread
+	// along): no other goroutine ever runs with fewer privileges, and this
+	// one's never blocks locked to a thread, which costs a thread handoff
+	// at each wake-up.
+	type started struct {
+		p   *supervise.Process
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := u.confine(); err != nil {
+			done <- started{nil, err}
+			return
+		}
+		p, err := u.reaper.Start(argv, attr)
+		done <- started{p, err}
+	}()
+	r := <-done
+	return r.p, r.err
 }
 
 // stopAll stops the units in reverse dependency order, then whatever is
