@@ -64,7 +64,7 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 
 	if sigs == nil {
 		sigs = make(chan os.Signal, 128)
-		signal.Notify(sigs, pid1Signals()...)
+		notifyInit(sigs)
 	}
 	// Reaping never waits for the main loop: stopping units (shutdown,
 	// reload, reboot) blocks the loop until they are reaped.
@@ -84,6 +84,9 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 			return 1
 		}
 	}
+
+	// Every signal is forwarded or handled from here on.
+	lateSignals.Wait()
 
 	var cfg *config.Config
 	if u.cfgPath != "" || len(cmd) == 0 {
