@@ -125,7 +125,7 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	}
 	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   []string{"PATH=" + DefaultPath},
+		Env:   childInitEnv,
 		Files: []uintptr{null.Fd(), logW.Fd(), logW.Fd(), childLink.File().Fd(), uintptr(base)},
 		Sys:   sys,
 	})
