@@ -52,28 +52,41 @@ func pid1Signals() []os.Signal {
 // Go ignores every other signal while nobody has asked for it.
 var earlySignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGABRT, unix.SIGTERM, unix.SIGPIPE, unix.SIGPWR}
 
-// lateSignals is done once notifyInit has enabled every signal.
+// lateSignals is done once notifyInit has enabled every signal it was
+// given.
 var lateSignals sync.WaitGroup
 
-// notifyInit routes pid1Signals to sigs. os/signal enables each signal
-// with a synchronous round trip to a thread of its own (two thread
-// switches each: the 59 took 1-5 ms here, on the start path of every
-// container), so it enables earlySignals before it returns and the rest in
-// the background, while the init builds its root; lateSignals.Wait before
-// starting what signals are forwarded to.
-func notifyInit(sigs chan<- os.Signal) {
+// notifyInit routes earlySignals and late to sigs. os/signal enables each
+// signal with a synchronous round trip to a thread of its own (two thread
+// switches each: all 59 of pid1Signals took 1-5 ms here, on the start path
+// of every container), so it enables earlySignals before it returns and
+// late in the background, while the init builds its root;
+// lateSignals.Wait before starting what signals are forwarded to.
+func notifyInit(sigs chan<- os.Signal, late []os.Signal) {
 	signal.Notify(sigs, earlySignals...)
-	var rest []os.Signal
-	for _, s := range pid1Signals() {
-		if !slices.Contains(earlySignals, s) {
-			rest = append(rest, s)
-		}
+	late = slices.DeleteFunc(slices.Clone(late), func(s os.Signal) bool { return slices.Contains(earlySignals, s) })
+	if len(late) == 0 {
+		return
 	}
 	lateSignals.Add(1)
 	go func() {
 		defer lateSignals.Done()
-		signal.Notify(sigs, rest...)
+		signal.Notify(sigs, late...)
 	}()
+}
+
+// initSignals returns the signals the init of mode (an internal mode, or
+// "up") handles or forwards: a child init acts on TERM, INT and PWR only;
+// nest run's sandbox forwards what nest run forwards to it; nest up's
+// entrypoint form forwards everything.
+func initSignals(mode string) []os.Signal {
+	switch mode {
+	case "child-init":
+		return []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGPWR}
+	case "run-init":
+		return runForwarded
+	}
+	return pid1Signals()
 }
 
 func main() {
@@ -86,7 +99,7 @@ func main() {
 			signal.Notify(sigs, pid1Signals()...)
 			reexecWithoutTHP()
 		} else {
-			notifyInit(sigs)
+			notifyInit(sigs, initSignals(os.Args[1]))
 		}
 	}
 	os.Exit(run(os.Args, sigs))

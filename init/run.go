@@ -23,6 +23,10 @@ import (
 // podman and docker do; CMD's status is passed through otherwise.
 const runExitError = 125
 
+// runForwarded are the signals nest run passes on to its sandbox, whose
+// init passes them on to CMD.
+var runForwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT, unix.SIGTSTP}
+
 // runSpec is what `nest run` sends its sandbox's init over the link.
 type runSpec struct {
 	Argv     []string      `json:"argv"`
@@ -132,7 +136,7 @@ func runSandbox(args []string) int {
 	defer link.Close()
 
 	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT, unix.SIGTSTP)
+	signal.Notify(sigs, runForwarded...)
 	reaper := supervise.NewReaper()
 	chld := make(chan os.Signal, 1)
 	signal.Notify(chld, unix.SIGCHLD)

@@ -64,7 +64,7 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 
 	if sigs == nil {
 		sigs = make(chan os.Signal, 128)
-		notifyInit(sigs)
+		notifyInit(sigs, pid1Signals())
 	}
 	// Reaping never waits for the main loop: stopping units (shutdown,
 	// reload, reboot) blocks the loop until they are reaped.
