@@ -405,7 +405,6 @@ func recvmsg(fd int, p, oob []byte) (n, oobn, flags int, err error) {
 	}
 }
 
-// peerGone tells a read of 0 bytes at end of file from a zero-length packet.
 // readable reports whether a read of fd would not block: a packet, the
 // end, or an error is there.
 func readable(fd int) bool {
@@ -420,6 +419,7 @@ func readable(fd int) bool {
 	}
 }
 
+// peerGone tells a read of 0 bytes at end of file from a zero-length packet.
 func peerGone(fd int) bool {
 	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
 	for {

@@ -67,10 +67,10 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 		notifyInit(sigs, pid1Signals())
 	}
 	// Reaping never waits for the main loop: stopping units (shutdown,
-	// reload, reboot) blocks the loop until they are reaped.
-	// Never stopped: the process exits when up returns, and signal.Stop
-	// spins (runtime.Gosched) until the signal loop idles, measured at 1 ms
-	// of CPU at the end of every nest run.
+	// reload, reboot) blocks the loop until they are reaped. chld is never
+	// stopped: the process exits when up returns, and signal.Stop spins on
+	// runtime.Gosched until the signal loop idles (1 ms of CPU at the end
+	// of every nest run).
 	chld := make(chan os.Signal, 1)
 	signal.Notify(chld, unix.SIGCHLD)
 	go func() {
@@ -198,11 +198,11 @@ func (u *upper) startMain(cmd []string) (*supervise.Process, error) {
 	if u.confine == nil {
 		return u.reaper.Start(argv, attr)
 	}
-	// Forked from a thread of its own that confine lowers and that ends
-	// with this goroutine (a goroutine that exits locked takes its thread
-	// along): no other goroutine ever runs with fewer privileges, and this
-	// one's never blocks locked to a thread, which costs a thread handoff
-	// at each wake-up.
+	// Forked from a thread of its own, which confine lowers and which
+	// ends with the goroutine below (a goroutine that exits locked takes
+	// its thread along): no other goroutine ever runs with fewer
+	// privileges, and the init's main goroutine is never locked to a
+	// thread (every wake-up of a locked goroutine is a thread handoff).
 	type started struct {
 		p   *supervise.Process
 		err error
