@@ -118,6 +118,20 @@ func runSandbox(args []string) int {
 	dir, _ := os.Getwd()
 	spec := runSpec{Argv: fl.Args(), Dir: dir, Hostname: *hostname, Binds: binds, OwnNet: *network == "none"}
 
+	// os/signal enables each signal with a round trip to a thread of its
+	// own (init/main.go): do the ten while the lease, the rootfs and the
+	// link are made, and wait for them before the sandbox exists. A
+	// signal that comes earlier ends nest run with nothing to leave
+	// behind.
+	sigs := make(chan os.Signal, 32)
+	chld := make(chan os.Signal, 1)
+	notified := make(chan struct{})
+	go func() {
+		signal.Notify(sigs, runForwarded...)
+		signal.Notify(chld, unix.SIGCHLD)
+		close(notified)
+	}()
+
 	ids, err := sandbox.Pool{}.AcquireTemp()
 	if err != nil {
 		return fail("%v", err)
@@ -135,11 +149,8 @@ func runSandbox(args []string) int {
 	}
 	defer link.Close()
 
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, runForwarded...)
+	<-notified
 	reaper := supervise.NewReaper()
-	chld := make(chan os.Signal, 1)
-	signal.Notify(chld, unix.SIGCHLD)
 	go func() {
 		for range chld {
 			reaper.Reap()
