@@ -301,3 +301,32 @@ func TestRunReleasesIDs(t *testing.T) {
 		t.Errorf("a finished nest run still holds its id range %d+%d", start, size)
 	}
 }
+
+// TestRunSymlinkedDev: /dev of the rootfs is a symlink to a directory of
+// the parent. The sandbox's minimal /dev is built inside the root, through
+// fds: nothing lands in the parent's directory.
+func TestRunSymlinkedDev(t *testing.T) {
+	rootfs := busyboxRoot(t)
+	victim, err := os.MkdirTemp("/var/lib", "nest-victim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(victim)
+	os.Chmod(victim, 0o1777)
+	if err := os.Remove(filepath.Join(rootfs, "dev")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(rootfs, "dev")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(rootfs, victim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, code := nestRunOut(t, append([]string{"--rootfs", rootfs}, sh("ls /dev | tr '\\n' ' '")...)...)
+	if code != 0 || !strings.Contains(out, "null") {
+		t.Errorf("nest run with /dev a symlink = %d %q, want a minimal /dev", code, out)
+	}
+	if entries, _ := os.ReadDir(victim); len(entries) != 0 {
+		t.Errorf("the parent's %s got %d entries: /dev was built outside the rootfs", victim, len(entries))
+	}
+}
