@@ -184,7 +184,7 @@ func TestParseNew(t *testing.T) {
 		{"alice", NewContainer{Kind: "user", Exec: []string{"/bin/sh"}}, `only a daemon container has exec`},
 		{"web", NewContainer{Kind: "daemon", Exec: []string{"sleep"}}, `exec[0] = "sleep"`},
 		{"web", NewContainer{Kind: "user", Binds: []Bind{{Source: "/a", Target: "/../etc"}}}, `outside the container's root`},
-		{"web", NewContainer{Kind: "user", Network: "bridge"}, `network = "bridge": want "none"`},
+		{"web", NewContainer{Kind: "user", Network: "bridge"}, `network = "bridge"`},
 		{"Web", NewContainer{Kind: "user"}, `want a-z, 0-9`},
 		{"web", NewContainer{Kind: "daemon", Exec: []string{"/bin/echo", "a\xffb"}}, `not valid UTF-8`},
 	}

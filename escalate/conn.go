@@ -284,8 +284,15 @@ var recvBufs = sync.Pool{New: func() any { return new([MaxMessage + 1]byte) }}
 // error leaves fds behind either. When the peer has closed its end (or
 // shut it down for writing), Recv returns io.EOF.
 func (c *Conn) Recv() (*Message, []*os.File, error) {
-	buf := recvBufs.Get().(*[MaxMessage + 1]byte)
-	defer recvBufs.Put(buf)
+	// A link's reader waits in Recv most of its life: the buffer is taken
+	// once a packet (or the end) is there, not for the wait, or a parent
+	// init would hold 64 KiB for each child it has.
+	var buf *[MaxMessage + 1]byte
+	defer func() {
+		if buf != nil {
+			recvBufs.Put(buf)
+		}
+	}()
 	limit := int(c.maxFDs.Load())
 	var oob []byte
 	if limit > 0 {
@@ -297,6 +304,12 @@ func (c *Conn) Recv() (*Message, []*os.File, error) {
 	var rerr error
 	var hup bool
 	err := c.rc.Read(func(fd uintptr) bool {
+		if buf == nil {
+			if !readable(int(fd)) {
+				return false
+			}
+			buf = recvBufs.Get().(*[MaxMessage + 1]byte)
+		}
 		n, oobn, flags, rerr = recvmsg(int(fd), buf[:], oob)
 		if rerr == unix.EAGAIN {
 			return false
@@ -389,6 +402,20 @@ func recvmsg(fd int, p, oob []byte) (n, oobn, flags int, err error) {
 			return 0, 0, 0, e
 		}
 		return int(r), int(msg.Controllen), int(msg.Flags), nil
+	}
+}
+
+// readable reports whether a read of fd would not block: a packet, the
+// end, or an error is there.
+func readable(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	for {
+		n, err := unix.Poll(p, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		// On an error, let recvmsg report it.
+		return err != nil || n > 0
 	}
 }
 

@@ -747,3 +747,29 @@ func TestChildProcess(t *testing.T) {
 		t.Errorf("child: %v", err)
 	}
 }
+
+// TestRecvWaitsWithoutABuffer: a reader blocked in Recv holds no packet
+// buffer, so a parent init with many links does not keep 64 KiB for each.
+func TestRecvWaitsWithoutABuffer(t *testing.T) {
+	const links = 50
+	var wg sync.WaitGroup
+	var ends []*Conn
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range links {
+		a, b := pair(t)
+		ends = append(ends, a)
+		wg.Go(func() { b.Recv() })
+	}
+	time.Sleep(200 * time.Millisecond) // every reader is waiting in Recv
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	for _, a := range ends {
+		a.Send(&Message{Type: "ready"})
+	}
+	wg.Wait()
+	if grew := int64(during.HeapInuse) - int64(before.HeapInuse); grew > links*MaxMessage/4 {
+		t.Errorf("%d readers waiting in Recv took %d bytes of heap, want well under %d (one packet buffer each)", links, grew, links*MaxMessage)
+	}
+}

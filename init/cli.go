@@ -33,7 +33,7 @@ Verbs that talk to the nearest init's control socket:
   reload                       re-read the config (as SIGHUP does)
   poweroff | reboot            stop everything in order, then power off or reboot
   create NAME --kind user|daemon [--rootfs DIR|host] [--bind SRC[:DST[:rw]]]...
-         [--network none|host] [--memory SIZE] [--pids N] [--no-start] [-- CMD ARGS]
+         [--network none|host|veth] [--memory SIZE] [--pids N] [--no-start] [-- CMD ARGS]
                                a container in containers.d (a daemon runs CMD)
   rm NAME [--force] [--purge]  remove a container of containers.d (--purge: its home too)
   reset NAME [--force]         drop a user container's changes, keep its home

@@ -100,7 +100,7 @@ func parseCreate(args []string) (string, supervise.CreateRequest, error) {
 // containerVerb runs create, rm or reset.
 func containerVerb(ctx context.Context, client *supervise.Client, c cliArgs, stdout, stderr io.Writer) int {
 	usage := map[string]string{
-		"create": "nest create NAME --kind user|daemon [--rootfs DIR|host] [--bind SRC[:DST[:rw]]]... [--network none|host] [--memory SIZE] [--pids N] [--no-start] [-- CMD ARGS]",
+		"create": "nest create NAME --kind user|daemon [--rootfs DIR|host] [--bind SRC[:DST[:rw]]]... [--network none|host|veth] [--memory SIZE] [--pids N] [--no-start] [-- CMD ARGS]",
 		"rm":     "nest rm NAME [--force] [--purge]",
 		"reset":  "nest reset NAME [--force]",
 	}

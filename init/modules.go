@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
 
 	"nest/config"
@@ -15,12 +14,10 @@ import (
 )
 
 // loadModules loads each named module with its dependencies from
-// /lib/modules/$(uname -r)/modules.dep. u-root's kmodule reads plain .ko as
-// well as .ko.xz, .ko.zst and .ko.gz (decompressed in Go, since Debian's
-// kernel cannot decompress modules itself). modules.softdep "pre:" entries,
-// which kmodule does not read, are loaded first (ext4 needs crc32c, which
-// nothing can request_module() before udev exists). A module that is
-// missing or fails is reported by name; boot goes on.
+// /lib/modules/$(uname -r)/modules.dep (modloader.go). modules.softdep
+// "pre:" entries, which modules.dep does not hold, are loaded first (ext4
+// needs crc32c, which nothing can request_module() before udev exists). A
+// module that is missing or fails is reported by name; boot goes on.
 func (b *booter) loadModules(names []string) {
 	// Those loaded already (by the initramfs before a switch to the disk
 	// root, or built into the kernel) need no modules directory.
@@ -43,7 +40,7 @@ func (b *booter) loadModules(names []string) {
 			b.logf("modules: internal error reading %s: %v", dir, r)
 		}
 	}()
-	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
+	l, err := newModLoader(dir)
 	if err != nil {
 		b.logf("modules: %v: cannot load %s", err, strings.Join(names, ", "))
 		return
@@ -55,12 +52,12 @@ func (b *booter) loadModules(names []string) {
 			// Any module providing the alias will do (crc32c_intel needs
 			// SSE4.2, crc32c_generic works everywhere).
 			for _, cand := range aliases.resolve(pre) {
-				if prober.Probe(cand, "") == nil {
+				if l.load(cand) == nil {
 					break
 				}
 			}
 		}
-		if err := prober.Probe(name, ""); err != nil {
+		if err := l.load(name); err != nil {
 			b.logf("module %s: %v", name, err)
 			failed++
 			continue

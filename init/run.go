@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 
@@ -23,6 +22,10 @@ import (
 // runExitError is nest run's own status when CMD could not be started, as
 // podman and docker do; CMD's status is passed through otherwise.
 const runExitError = 125
+
+// runForwarded are the signals nest run passes on to its sandbox, whose
+// init passes them on to CMD.
+var runForwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT, unix.SIGTSTP}
 
 // runSpec is what `nest run` sends its sandbox's init over the link.
 type runSpec struct {
@@ -115,11 +118,25 @@ func runSandbox(args []string) int {
 	dir, _ := os.Getwd()
 	spec := runSpec{Argv: fl.Args(), Dir: dir, Hostname: *hostname, Binds: binds, OwnNet: *network == "none"}
 
-	ids, err := sandbox.Pool{Path: sandbox.DefaultPoolPath}.AcquireTemp()
+	// os/signal enables each signal with a round trip to a thread of its
+	// own (init/main.go): do the ten while the lease, the rootfs and the
+	// link are made, and wait for them before the sandbox exists. A
+	// signal that comes earlier ends nest run with nothing to leave
+	// behind.
+	sigs := make(chan os.Signal, 32)
+	chld := make(chan os.Signal, 1)
+	notified := make(chan struct{})
+	go func() {
+		signal.Notify(sigs, runForwarded...)
+		signal.Notify(chld, unix.SIGCHLD)
+		close(notified)
+	}()
+
+	ids, err := sandbox.Pool{}.AcquireTemp()
 	if err != nil {
 		return fail("%v", err)
 	}
-	defer sandbox.Pool{Path: sandbox.DefaultPoolPath}.Release(ids.Owner)
+	defer ids.Close()
 
 	base, err := mounts.CloneBase(*rootfs)
 	if err != nil {
@@ -132,11 +149,8 @@ func runSandbox(args []string) int {
 	}
 	defer link.Close()
 
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT, unix.SIGTSTP)
+	<-notified
 	reaper := supervise.NewReaper()
-	chld := make(chan os.Signal, 1)
-	signal.Notify(chld, unix.SIGCHLD)
 	go func() {
 		for range chld {
 			reaper.Reap()
@@ -189,9 +203,6 @@ func runSandbox(args []string) int {
 // root, drops what CMD must not have, and runs CMD as `nest up -- CMD`
 // does — forwarding signals, reaping orphans, exiting with CMD's status.
 func runInit(args []string, sigs chan os.Signal) int {
-	// Capabilities and no_new_privs are per thread, and CMD is forked from
-	// this thread.
-	runtime.LockOSThread()
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "nest run: "+format+"\n", a...)
 		return runExitError
@@ -225,11 +236,13 @@ func runInit(args []string, sigs chan os.Signal) int {
 	if err := os.Chdir(spec.Dir); err != nil {
 		os.Chdir("/")
 	}
-	if err := sandbox.LimitCaps(sandbox.DaemonCaps); err != nil {
-		return fail("%v", err)
+	// Capabilities and no_new_privs are per thread: up lowers the thread
+	// that forks CMD, and only that one.
+	confine := func() error {
+		if err := sandbox.LimitCaps(sandbox.DaemonCaps); err != nil {
+			return err
+		}
+		return sandbox.NoNewPrivs()
 	}
-	if err := sandbox.NoNewPrivs(); err != nil {
-		return fail("%v", err)
-	}
-	return up(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs)
+	return upConfined(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs, confine)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"nest/sandbox"
 )
 
 // nestRunOut runs `nest run ARGS` and returns its combined output and exit
@@ -251,14 +256,77 @@ func TestRunNoInheritedFDs(t *testing.T) {
 	}
 }
 
+// TestRunReleasesIDs: the sandbox's id range is leased (its slot locked
+// in the pool's .oneshot file) while nest run runs, and free once it ended.
 func TestRunReleasesIDs(t *testing.T) {
-	if out, code := nestRunOut(t, sh("true")...); code != 0 {
-		t.Fatalf("nest run = %d %q", code, out)
+	cmd := exec.Command(nestBin, append([]string{"run"}, sh("cat /proc/self/uid_map; read x; true")...)...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, _ := os.ReadFile("/var/lib/nest/idmap")
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "#") && strings.Contains(line, " run:"+strconv.Itoa(os.Getpid())) {
-			t.Errorf("a finished nest run still holds an id range: %s", line)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer in.Close()
+	var inside, start, size uint32
+	if _, err := fmt.Fscan(out, &inside, &start, &size); err != nil {
+		t.Fatalf("reading uid_map: %v", err)
+	}
+	held := func() bool {
+		t.Helper()
+		f, err := os.Open(sandbox.DefaultPoolPath + ".oneshot")
+		if err != nil {
+			t.Fatal(err)
 		}
+		defer f.Close()
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: int64((start - sandbox.FirstID) / sandbox.RangeSize), Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+			t.Fatal(err)
+		}
+		return lk.Type != unix.F_UNLCK
+	}
+	if !held() {
+		t.Errorf("the range %d+%d of a running nest run is not leased", start, size)
+	}
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if held() {
+		t.Errorf("a finished nest run still holds its id range %d+%d", start, size)
+	}
+}
+
+// TestRunSymlinkedDev: /dev of the rootfs is a symlink to a directory of
+// the parent. The sandbox's minimal /dev is built inside the root, through
+// fds: nothing lands in the parent's directory.
+func TestRunSymlinkedDev(t *testing.T) {
+	rootfs := busyboxRoot(t)
+	victim, err := os.MkdirTemp("/var/lib", "nest-victim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(victim)
+	os.Chmod(victim, 0o1777)
+	if err := os.Remove(filepath.Join(rootfs, "dev")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(rootfs, "dev")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(rootfs, victim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, code := nestRunOut(t, append([]string{"--rootfs", rootfs}, sh("ls /dev | tr '\\n' ' '")...)...)
+	if code != 0 || !strings.Contains(out, "null") {
+		t.Errorf("nest run with /dev a symlink = %d %q, want a minimal /dev", code, out)
+	}
+	if entries, _ := os.ReadDir(victim); len(entries) != 0 {
+		t.Errorf("the parent's %s got %d entries: /dev was built outside the rootfs", victim, len(entries))
 	}
 }

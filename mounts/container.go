@@ -143,10 +143,9 @@ func (r Root) Build() error {
 		return fmt.Errorf("rootfs: %w", err)
 	}
 	defer unix.Close(rootFD)
-	in := func(p string) string { return filepath.Join(root, p) }
 
 	if r.MinimalDev {
-		if err := minimalDev(rootFD, in("/dev"), r.Console); err != nil {
+		if err := minimalDev(rootFD, r.Console); err != nil {
 			return err
 		}
 	} else if err := bindInto(rootFD, "/dev", "/dev", attrDev); err != nil {
@@ -156,7 +155,9 @@ func (r Root) Build() error {
 		return err
 	}
 	if r.ProtectProc {
-		if err := protectProc(rootFD, in("/dev/null")); err != nil {
+		// The masks' /dev/null is this init's own (the parent's), never a
+		// path of the rootfs, which the container controls.
+		if err := protectProc(rootFD, "/dev/null"); err != nil {
 			return err
 		}
 	}
@@ -352,10 +353,19 @@ func detachedTree(source string, a attrs) (int, error) {
 func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
 // minimalDev mounts a tmpfs on /dev with the few nodes a program needs.
-func minimalDev(rootFD int, dev string, console bool) error {
+func minimalDev(rootFD int, console bool) error {
 	if err := mountIn(rootFD, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
 		return err
 	}
+	// Everything below goes through the new tmpfs by its fd: /dev of the
+	// rootfs may be a symlink that, followed as a path, would lead out of
+	// the container's root.
+	devFD, err := openIn(rootFD, "/dev", unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(devFD)
+	dev := fdPath(devFD)
 	for _, n := range devNodes {
 		f, err := os.OpenFile(filepath.Join(dev, n), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
 		if err != nil {

@@ -3,55 +3,33 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 )
 
-const header = "# nest id ranges: START SIZE OWNER (run:PID:STARTTIME is a one-shot sandbox)\n"
+const header = "# nest id ranges: START SIZE OWNER\n"
 
 func testPool(t *testing.T) Pool {
 	return Pool{Path: filepath.Join(t.TempDir(), "state", "idmap")}
 }
 
-// readPool returns the pool as one file would hold it: the persistent
-// leases and the one-shot leases (kept in p.Path+".run"), sorted by start.
+// readPool returns the pool file, or "" if there is none.
 func readPool(t *testing.T, p Pool) string {
 	t.Helper()
-	var leases []string
-	for _, path := range []string{p.Path, p.Path + ".run"} {
-		b, err := os.ReadFile(path)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-			if line != "" && !strings.HasPrefix(line, "#") {
-				leases = append(leases, line)
-			}
-		}
+	b, err := os.ReadFile(p.Path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
 	}
-	sort.Slice(leases, func(i, j int) bool {
-		a, _ := strconv.Atoi(strings.Fields(leases[i])[0])
-		b, _ := strconv.Atoi(strings.Fields(leases[j])[0])
-		return a < b
-	})
-	out := header
-	for _, l := range leases {
-		out += l + "\n"
-	}
-	return out
+	return string(b)
 }
 
 func writePool(t *testing.T, p Pool, s string) {
@@ -112,8 +90,8 @@ func TestAcquireRelease(t *testing.T) {
 		}
 	}
 	ents, _ := os.ReadDir(filepath.Dir(p.Path))
-	if len(ents) != 2 {
-		t.Errorf("pool directory holds %v, want idmap and idmap.lock only", ents)
+	if len(ents) != 3 {
+		t.Errorf("pool directory holds %v, want idmap, idmap.lock and idmap.oneshot only", ents)
 	}
 }
 
@@ -231,98 +209,116 @@ func helperAcquire(args ...string) int {
 }
 
 // helperTemp takes a one-shot range in the pool at path, prints
-// "START OWNER" and exits without releasing it.
+// "START OWNER", and holds it until its stdin ends.
 func helperTemp(args ...string) int {
-	r, err := Pool{Path: args[0]}.AcquireTemp()
+	l, err := Pool{Path: args[0]}.AcquireTemp()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Printf("%d %s\n", r.Start, r.Owner)
+	fmt.Printf("%d %s\n", l.Start, l.Owner)
+	io.Copy(io.Discard, os.Stdin)
 	return 0
 }
 
-func TestAcquireTemp(t *testing.T) {
-	p := testPool(t)
-	// A one-shot sandbox of a process that has exited since.
-	out, err := helperCommand(t, "temp", p.Path).Output()
+// startTemp starts helperTemp on the pool and returns the start of its
+// lease and a function that makes it exit (without Close: the lease must
+// end with the process).
+func startTemp(t *testing.T, p Pool) (uint32, func()) {
+	t.Helper()
+	cmd := helperCommand(t, "temp", p.Path)
+	in, err := cmd.StdinPipe()
 	if err != nil {
-		t.Fatalf("temp helper: %v: %s", err, errOutput(err))
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
 	var start uint32
 	var owner string
-	if _, err := fmt.Sscanf(string(out), "%d %s", &start, &owner); err != nil {
-		t.Fatalf("temp helper printed %q: %v", out, err)
+	if _, err := fmt.Fscanf(out, "%d %s\n", &start, &owner); err != nil {
+		in.Close()
+		cmd.Wait()
+		t.Fatalf("temp helper: %v", err)
 	}
-	if start != slot(0) || !strings.HasPrefix(owner, "run:") {
-		t.Fatalf("AcquireTemp() in a helper = %d %s, want %d run:PID", start, owner, slot(0))
+	if want := fmt.Sprintf("run:%d", cmd.Process.Pid); owner != want {
+		t.Errorf("AcquireTemp() in a helper: owner %q, want %q", owner, want)
 	}
-	if f := readPool(t, p); !strings.Contains(f, fmt.Sprintf("100000 65536 %s:", owner)) {
-		t.Fatalf("pool file = %q, want a lease of %s with its start time", f, owner)
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			in.Close()
+			cmd.Wait()
+		}
 	}
-	// The helper is gone: its range is the lowest free one again.
-	r, err := p.Acquire("alice")
-	if err != nil || r.Start != slot(0) {
-		t.Fatalf("Acquire(alice) after the one-shot owner exited = %+v, %v, want start %d", r, err, slot(0))
-	}
-
-	self := fmt.Sprintf("run:%d", os.Getpid())
-	r, err = p.AcquireTemp()
-	if want := (Range{Owner: self, Start: slot(1), Size: RangeSize}); err != nil || r != want {
-		t.Fatalf("AcquireTemp() = %+v, %v, want %+v", r, err, want)
-	}
-	if again, err := p.AcquireTemp(); err != nil || again != r {
-		t.Errorf("AcquireTemp() again = %+v, %v, want %+v", again, err, r)
-	}
-	if err := p.Release(self); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := readPool(t, p), header+"100000 65536 alice\n"; got != want {
-		t.Errorf("pool file after Release(%s) = %q, want %q", self, got, want)
-	}
+	t.Cleanup(stop)
+	return start, stop
 }
 
-// TestAcquireTempReclaim checks that a one-shot lease lives exactly as long
-// as the process that holds it, pid reuse included.
-func TestAcquireTempReclaim(t *testing.T) {
-	sleep := exec.Command("sleep", "60")
-	if err := sleep.Start(); err != nil {
-		t.Skip("no sleep:", err)
-	}
-	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
-	started, err := procStart(sleep.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	me := os.Getpid()
-	myStart, err := procStart(me)
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestAcquireTemp checks that a one-shot lease lives exactly as long as
+// its file stays open — Close, or the end of its process — and that
+// nothing is written for it.
+func TestAcquireTemp(t *testing.T) {
 	p := testPool(t)
-	writePool(t, p, fmt.Sprintf(`100000 65536 run:%d:%d
-165536 65536 run:%d:%d
-231072 65536 run:%d:1
-296608 65536 alice
-`, sleep.Process.Pid, started, // alive: kept
-		me, myStart+1, // this pid, but another process's start time: reclaimed
-		math.MaxInt32)) // no such pid: reclaimed
-	r, err := p.AcquireTemp()
-	want := Range{Owner: "run:" + strconv.Itoa(me), Start: slot(1), Size: RangeSize}
-	if err != nil || r != want {
-		t.Fatalf("AcquireTemp() = %+v, %v, want %+v", r, err, want)
-	}
-	wantFile := header + fmt.Sprintf("100000 65536 run:%d:%d\n165536 65536 run:%d:%d\n296608 65536 alice\n",
-		sleep.Process.Pid, started, me, myStart)
-	if got := readPool(t, p); got != wantFile {
-		t.Errorf("pool file = %q, want %q", got, wantFile)
+	if _, err := p.Acquire("alice"); err != nil {
+		t.Fatal(err)
 	}
 
-	// The sleeper's lease goes with it, at the next Acquire.
-	sleep.Process.Kill()
-	sleep.Wait()
-	if r, err := p.Acquire("bob"); err != nil || r.Start != slot(0) {
-		t.Errorf("Acquire(bob) after the sleeper died = %+v, %v, want start %d", r, err, slot(0))
+	// Another process holds a one-shot lease: the lowest free slot.
+	other, stopOther := startTemp(t, p)
+	if other != slot(1) {
+		t.Fatalf("AcquireTemp() in a helper = %d, want %d (alice holds slot 0)", other, slot(1))
+	}
+	// Acquire and AcquireTemp skip it; each AcquireTemp is a lease of its own.
+	a, err := p.AcquireTemp()
+	if want := (Range{Owner: fmt.Sprintf("run:%d", os.Getpid()), Start: slot(2), Size: RangeSize}); err != nil || a.Range != want {
+		t.Fatalf("AcquireTemp() = %+v, %v, want %+v", a, err, want)
+	}
+	b, err := p.AcquireTemp()
+	if err != nil || b.Start != slot(3) {
+		t.Fatalf("AcquireTemp() again = %+v, %v, want start %d", b, err, slot(3))
+	}
+	if r, err := p.Acquire("bob"); err != nil || r.Start != slot(4) {
+		t.Fatalf("Acquire(bob) = %+v, %v, want start %d", r, err, slot(4))
+	}
+
+	// Close ends a lease, and so does the end of the process.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Errorf("Close() twice = %v", err)
+	}
+	stopOther()
+	if r, err := p.Acquire("carol"); err != nil || r.Start != slot(1) {
+		t.Errorf("Acquire(carol) after the helper exited = %+v, %v, want start %d", r, err, slot(1))
+	}
+	if r, err := p.Acquire("dave"); err != nil || r.Start != slot(2) {
+		t.Errorf("Acquire(dave) after Close = %+v, %v, want start %d", r, err, slot(2))
+	}
+	if got, want := readPool(t, p), header+"100000 65536 alice\n165536 65536 carol\n231072 65536 dave\n362144 65536 bob\n"; got != want {
+		t.Errorf("pool file = %q, want %q", got, want)
+	}
+	b.Close()
+
+	// One-shot leases alone never write the pool file (no disk sync on
+	// the nest run path).
+	q := testPool(t)
+	for range 3 {
+		l, err := q.AcquireTemp()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	if _, err := os.Stat(q.Path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("one-shot leases wrote %s: %v", q.Path, err)
 	}
 }
 
@@ -371,9 +367,7 @@ func TestPoolCorrupt(t *testing.T) {
 		{"overlap", "100000 65536 a\n# c\n150000 10 b\n", 3, "overlaps 100000+65536 of a on line 1"},
 		{"overlap reversed", "150000 10 b\n100000 65536 a\n", 2, "overlaps 150000+10 of b on line 1"},
 		{"duplicate", "100000 65536 a\n165536 65536 a\n", 2, "a already owns a range on line 1"},
-		{"run without start time", "100000 65536 run:12\n", 1, "want run:PID:STARTTIME"},
-		{"run bad pid", "100000 65536 run:x:12\n", 1, "want run:PID:STARTTIME"},
-		{"run bad start time", "100000 65536 run:12:x\n", 1, "want run:PID:STARTTIME"},
+		{"one-shot owner", "100000 65536 run:12\n", 1, "reserved for one-shot sandboxes"},
 		{"control character", "100000 65536 a\x01\n", 1, "control character"},
 	}
 	for _, tt := range tests {
@@ -398,20 +392,6 @@ func TestPoolCorrupt(t *testing.T) {
 	}
 }
 
-func TestProcStart(t *testing.T) {
-	a, err := procStart(os.Getpid())
-	if err != nil || a == 0 {
-		t.Fatalf("procStart(self) = %d, %v", a, err)
-	}
-	b, err := procStart(1)
-	if err != nil || b > a {
-		t.Errorf("procStart(1) = %d, %v, want at most %d (pid 1 started first)", b, err, a)
-	}
-	if _, err := procStart(math.MaxInt32); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("procStart(no such pid) = %v, want not exist", err)
-	}
-}
-
 // BenchmarkAcquireExisting is the cost on the start path of a child whose
 // name already owns a range: lock, read, no write.
 func BenchmarkAcquireExisting(b *testing.B) {
@@ -425,35 +405,5 @@ func BenchmarkAcquireExisting(b *testing.B) {
 		if _, err := p.Acquire("c50"); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-// TestTempLeasesKeepThePoolFile: one-shot leases never rewrite the
-// persistent file (no disk sync on the nest run path).
-func TestTempLeasesKeepThePoolFile(t *testing.T) {
-	p := testPool(t)
-	if _, err := p.Acquire("alice"); err != nil {
-		t.Fatal(err)
-	}
-	before, err := os.Stat(p.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := p.AcquireTemp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Start != slot(1) {
-		t.Errorf("AcquireTemp() start = %d, want %d (alice holds slot 0)", r.Start, slot(1))
-	}
-	if err := p.Release(r.Owner); err != nil {
-		t.Fatal(err)
-	}
-	after, err := os.Stat(p.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) {
-		t.Errorf("a one-shot lease rewrote %s", p.Path)
 	}
 }

@@ -187,7 +187,7 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	}
 	proc, err := opts.Reaper.Start([]string{exe, "child-init"}, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   []string{"PATH=" + DefaultPath},
+		Env:   childInitEnv,
 		Files: files,
 		Sys:   sys,
 	})
