@@ -319,22 +319,56 @@ func killTree(root int) {
 	if root <= 1 {
 		return
 	}
-	seen := map[int]bool{}
+	// Each process is held by a pidfd opened after it was seen as a child
+	// of the tree and checked again: pids are recycled fast (pid_max is
+	// 32768 here), and a stale pid could be another test's process.
+	held := map[int]int{}
+	defer func() {
+		for _, fd := range held {
+			unix.Close(fd)
+		}
+	}()
+	ours := func(p int) bool {
+		if p == root {
+			return true
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		if err != nil {
+			return false
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			return false
+		}
+		pp, _ := strconv.Atoi(f[1])
+		_, ok := held[pp]
+		return ok
+	}
 	for range 50 {
 		pids := append([]int{root}, descendants(procChildren(), root)...)
 		grew := false
 		for _, p := range pids {
-			if p > 1 && p != os.Getpid() && !seen[p] {
-				seen[p], grew = true, true
-				unix.Kill(p, unix.SIGSTOP)
+			if _, seen := held[p]; seen || p <= 1 || p == os.Getpid() {
+				continue
 			}
+			fd, err := unix.PidfdOpen(p, 0)
+			if err != nil {
+				continue
+			}
+			if !ours(p) {
+				unix.Close(fd)
+				continue
+			}
+			held[p], grew = fd, true
+			unix.PidfdSendSignal(fd, unix.SIGSTOP, nil, 0)
 		}
 		if !grew {
 			break
 		}
 	}
-	for p := range seen {
-		unix.Kill(p, unix.SIGKILL)
+	for _, fd := range held {
+		unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
 	}
 }
 

@@ -67,14 +67,22 @@ func parentOf(pid int) (int, bool) {
 func (r *Reaper) KillDescendants(grace time.Duration) bool {
 	self := os.Getpid()
 	signalAll := func(sig unix.Signal) {
-		for _, p := range Descendants(self) {
-			// A pidfd pins the process we checked; kill(pid) could hit a
-			// recycled pid.
+		below := Descendants(self)
+		ours := map[int]bool{self: true}
+		for _, p := range below {
+			ours[p] = true
+		}
+		for _, p := range below {
+			// The pid may have been recycled since /proc was read: open a
+			// pidfd (which pins whatever has the pid now), then check that
+			// its parent is still this process or one of its descendants.
 			fd, err := unix.PidfdOpen(p, 0)
 			if err != nil {
 				continue
 			}
-			unix.PidfdSendSignal(fd, sig, nil, 0)
+			if pp, ok := parentOf(p); ok && ours[pp] {
+				unix.PidfdSendSignal(fd, sig, nil, 0)
+			}
 			unix.Close(fd)
 		}
 	}

@@ -39,6 +39,19 @@ kind    = "daemon"
 exec    = ["/bin/sh", "-c", "until wget -q -O- http://192.0.2.2:7000/; do sleep 0.3; done; exec sleep 100000"]
 network = "veth"
 
+# Two levels of NAT: deep, on mid's own bridge, reaches the outside
+# through mid's masquerade, then the root's. (mid shares the root's ids:
+# the initramfs cannot be idmapped for a user container of its own.)
+[container.mid]
+kind          = "user"
+network       = "veth"
+private_users = false
+
+[container.mid.container.deep]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "until wget -q -O- http://192.0.2.2:7000/deep; do sleep 0.3; done; exec sleep 100000"]
+network = "veth"
+
 [container.isolated]
 kind    = "daemon"
 exec    = ["/bin/sh", "-c", "echo LINKS $(ip -o link | cut -d: -f2); exec sleep 100000"]

@@ -113,13 +113,31 @@ func TestNetworkNAT(t *testing.T) {
 	defer cleanup()
 	l := listenIn(t, ns, "tcp4", "192.0.2.2:7000")
 	defer l.Close()
+	deep := make(chan string, 16)
 	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprintf(w, "seen from %s\n", host)
+		if r.URL.Path == "/deep" {
+			select {
+			case deep <- host:
+			default:
+			}
+		}
 	}))
 	until(t, 60*time.Second, "natted to reach the outside", logHas(t, "natted", "seen from"))
 	if out, _ := nest(t, "logs", "natted"); !strings.Contains(out, "seen from 192.0.2.1") {
 		t.Errorf("the outside saw natted as\n%s\nwant the root's 192.0.2.1", out)
+	}
+	// A grandchild, mid/deep, on mid's own bridge: through mid's NAT and
+	// the root's, the outside sees the root.
+	select {
+	case host := <-deep:
+		if host != "192.0.2.1" {
+			t.Errorf("the outside saw mid/deep as %s, want the root's 192.0.2.1", host)
+		}
+	case <-time.After(90 * time.Second):
+		out, _ := nest(t, "ls", "--tree")
+		t.Errorf("mid/deep never reached the outside through two NATs; nest ls --tree:\n%s", out)
 	}
 }
 
