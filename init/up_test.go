@@ -162,6 +162,8 @@ func launch(t *testing.T, m upMode, cmd *exec.Cmd) (*nestRun, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", r.name, err)
 	}
+	// Before Wait can reap it: its pid is its own until then.
+	recordStart(cmd.Process.Pid)
 	go func() {
 		r.waitErr = cmd.Wait()
 		close(r.done)
@@ -319,19 +321,28 @@ func killTree(root int) {
 	if root <= 1 {
 		return
 	}
+	// The root must still be the process launch started: once reaped,
+	// its pid may be another test's (pid_max is 32768 here).
+	rootFD, err := unix.PidfdOpen(root, 0)
+	if err != nil {
+		return
+	}
+	want, known := started.Load(root)
+	if got, ok := startTime(root); !known || !ok || got != want.(uint64) {
+		unix.Close(rootFD)
+		return
+	}
 	// Each process is held by a pidfd opened after it was seen as a child
 	// of the tree and checked again: pids are recycled fast (pid_max is
 	// 32768 here), and a stale pid could be another test's process.
-	held := map[int]int{}
+	held := map[int]int{root: rootFD}
+	unix.PidfdSendSignal(rootFD, unix.SIGSTOP, nil, 0)
 	defer func() {
 		for _, fd := range held {
 			unix.Close(fd)
 		}
 	}()
 	ours := func(p int) bool {
-		if p == root {
-			return true
-		}
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
 		if err != nil {
 			return false
@@ -370,6 +381,31 @@ func killTree(root int) {
 	for _, fd := range held {
 		unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
 	}
+}
+
+// started holds the start time of every process launch started, by pid.
+var started sync.Map
+
+func recordStart(pid int) {
+	if t, ok := startTime(pid); ok {
+		started.Store(pid, t)
+	}
+}
+
+// startTime is field 22 of /proc/PID/stat: when the process started, in
+// clock ticks after boot; a recycled pid has another.
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 20 {
+		return 0, false
+	}
+	t, err := strconv.ParseUint(f[19], 10, 64)
+	return t, err == nil
 }
 
 // runNest runs nest with args in mode m to the end and returns its exit
@@ -649,6 +685,9 @@ func nestCLI(ctx context.Context, args ...string) (stdout, stderr string, code i
 	}
 	if err != nil && code == 0 {
 		code = -1
+	}
+	if code == -1 && err != nil {
+		e.WriteString("(nestCLI: " + err.Error() + ")")
 	}
 	return o.String(), e.String(), code
 }
