@@ -253,8 +253,8 @@ func (s *Supervisor) openShell(host ShellHost, req ShellRequest, session *os.Fil
 	}
 	u := &Unit{sup: s, spec: spec, log: NewLog(""), tty: slave}
 	proc, _, cg, err := u.spawn()
-	slave.Close()
 	if err != nil {
+		slave.Close()
 		return fail(err)
 	}
 	s.logf("%s: %s started (pid %d)", spec.Name, strings.Join(spec.Exec, " "), proc.Pid)
@@ -267,6 +267,10 @@ func (s *Supervisor) openShell(host ShellHost, req ShellRequest, session *os.Fil
 	go func() {
 		defer s.recoverGoroutine(spec.Name)
 		st := <-proc.Done()
+		// This init's copy of the slave goes only now: the master reads
+		// what the command wrote last before it sees the hangup (EIO),
+		// which would otherwise race the terminal's buffer work.
+		slave.Close()
 		proc.Close()
 		if cg != nil {
 			cg.Remove() // what the session left behind ends with it
