@@ -354,6 +354,21 @@ func TestPID1Nesting(t *testing.T) {
 // empty one for their state.
 func userDisks(t *testing.T) (base, state string) {
 	t.Helper()
+	dir := t.TempDir()
+	base, state = filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
+	if err := NewExt4ImageOf(base, 96, systemImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewExt4Image(state, 128); err != nil {
+		t.Fatal(err)
+	}
+	return base, state
+}
+
+// systemImage is a small system for a disk: busybox, nest, the guest
+// tests, root in passwd and group, and the directories containers use.
+func systemImage(t *testing.T) *Image {
+	t.Helper()
 	nest, tests := builds(t)
 	img := NewImage()
 	if err := img.AddBusybox(); err != nil {
@@ -363,18 +378,10 @@ func userDisks(t *testing.T) (base, state string) {
 	img.AddFile("/bin/nest", nest, 0o755)
 	img.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
 	img.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
-	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/usr/bin"} {
+	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/var/lib", "/usr/bin"} {
 		img.AddDir(d, 0o755)
 	}
-	dir := t.TempDir()
-	base, state = filepath.Join(dir, "base.img"), filepath.Join(dir, "state.img")
-	if err := NewExt4ImageOf(base, 96, img); err != nil {
-		t.Fatal(err)
-	}
-	if err := NewExt4Image(state, 128); err != nil {
-		t.Fatal(err)
-	}
-	return base, state
+	return img
 }
 
 // TestPID1RootDisk boots the way a disk-installed system does: nest is the
@@ -384,19 +391,8 @@ func userDisks(t *testing.T) (base, state string) {
 // through an idmapped overlay (vmtest/pid1/rootdisk_test.go).
 func TestPID1RootDisk(t *testing.T) {
 	t.Parallel()
-	nest, tests := builds(t)
-	sys := NewImage()
-	if err := sys.AddBusybox(); err != nil {
-		t.Fatal(err)
-	}
-	sys.AddFile("/tests/pid1.test", tests, 0o755)
-	sys.AddFile("/bin/nest", nest, 0o755)
-	sys.AddBytes("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
-	sys.AddBytes("/etc/group", []byte("root:x:0:\n"), 0o644)
+	sys := systemImage(t)
 	sys.AddBytes("/etc/nest/nest.toml", []byte(rootDiskConfig), 0o644)
-	for _, d := range []string{"/home", "/root", "/var/tmp", "/var/log", "/var/lib", "/usr/bin"} {
-		sys.AddDir(d, 0o755)
-	}
 	disk := filepath.Join(t.TempDir(), "root.img")
 	if err := NewExt4ImageOf(disk, 96, sys); err != nil {
 		t.Fatal(err)
