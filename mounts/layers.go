@@ -141,7 +141,7 @@ func StateTree(dir string) (int, error) {
 	return tree, nil
 }
 
-// mountOverlay attaches the layers under dir/layers and mounts the
+// mount attaches the layers under dir/layers and mounts the
 // overlay on dir/root.
 func (o *Overlay) mount(dir string) error {
 	if len(o.Lowers) == 0 || len(o.Lowers) > MaxLayers {
