@@ -57,15 +57,17 @@ var earlySignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGA
 // given.
 var lateSignals sync.WaitGroup
 
-// notifyInit routes earlySignals and late to sigs. os/signal enables each
-// signal with a synchronous round trip to a thread of its own (two thread
+// notifyInit routes early and late to sigs. os/signal enables each signal
+// with a synchronous round trip to a thread of its own (two thread
 // switches each: all 59 of pid1Signals took 1-5 ms here, on the start path
-// of every container), so it enables earlySignals before it returns and
-// late in the background, while the init builds its root;
-// lateSignals.Wait before starting what signals are forwarded to.
-func notifyInit(sigs chan<- os.Signal, late []os.Signal) {
-	signal.Notify(sigs, earlySignals...)
-	late = slices.DeleteFunc(slices.Clone(late), func(s os.Signal) bool { return slices.Contains(earlySignals, s) })
+// of every container), so it enables early before it returns and late in
+// the background, while the init builds its root; lateSignals.Wait before
+// starting what signals are forwarded to.
+func notifyInit(sigs chan<- os.Signal, early, late []os.Signal) {
+	if len(early) > 0 {
+		signal.Notify(sigs, early...)
+	}
+	late = slices.DeleteFunc(slices.Clone(late), func(s os.Signal) bool { return slices.Contains(early, s) })
 	if len(late) == 0 {
 		return
 	}
@@ -90,6 +92,18 @@ func initSignals(mode string) []os.Signal {
 	return pid1Signals()
 }
 
+// initEarlySignals returns the signals the init of mode enables before it
+// does anything else: earlySignals, but none for run-init. Until it starts
+// CMD, only nest run (its parent) can signal the sandbox's init, and a
+// signal that ends it then ends the sandbox with it, as nest run's
+// signals should.
+func initEarlySignals(mode string) []os.Signal {
+	if mode == "run-init" {
+		return nil
+	}
+	return earlySignals
+}
+
 func main() {
 	// First thing, before any other work: a signal that arrives while PID 1
 	// is still starting must not kill it.
@@ -100,7 +114,7 @@ func main() {
 			signal.Notify(sigs, pid1Signals()...)
 			reexecWithoutTHP()
 		} else {
-			notifyInit(sigs, initSignals(os.Args[1]))
+			notifyInit(sigs, initEarlySignals(os.Args[1]), initSignals(os.Args[1]))
 		}
 	}
 	os.Exit(run(os.Args, sigs))

@@ -119,10 +119,9 @@ func runSandbox(args []string) int {
 	spec := runSpec{Argv: fl.Args(), Dir: dir, Hostname: *hostname, Binds: binds, OwnNet: *network == "none"}
 
 	// os/signal enables each signal with a round trip to a thread of its
-	// own (init/main.go): do the ten while the lease, the rootfs and the
-	// link are made, and wait for them before the sandbox exists. A
-	// signal that comes earlier ends nest run with nothing to leave
-	// behind.
+	// own (init/main.go): do the ten in the background, while the lease,
+	// the rootfs, the link and the sandbox are made. A signal that comes
+	// earlier ends nest run, and the sandbox with it (Pdeathsig).
 	sigs := make(chan os.Signal, 32)
 	chld := make(chan os.Signal, 1)
 	notified := make(chan struct{})
@@ -149,13 +148,7 @@ func runSandbox(args []string) int {
 	}
 	defer link.Close()
 
-	<-notified
 	reaper := supervise.NewReaper()
-	go func() {
-		for range chld {
-			reaper.Reap()
-		}
-	}()
 
 	flags := uintptr(unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP)
 	if spec.OwnNet {
@@ -175,6 +168,11 @@ func runSandbox(args []string) int {
 			// and execve drops every capability (design.md).
 			Credential: &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true},
 			Setpgid:    true,
+			// The id lease ends with this process: so does the sandbox,
+			// however this process ends (its init is the namespace's
+			// PID 1; the kernel kills the rest). This thread never exits
+			// before the process: the main goroutine is not locked.
+			Pdeathsig: unix.SIGKILL,
 		},
 	})
 	childLink.Close()
@@ -189,14 +187,55 @@ func runSandbox(args []string) int {
 		<-p.Done()
 		return fail("sending the spec: %v", err)
 	}
+	// The sandbox's init may have ended before SIGCHLD was enabled: reap
+	// once by hand after.
+	<-notified
+	go func() {
+		reaper.Reap()
+		for range chld {
+			reaper.Reap()
+		}
+	}()
+	reported := make(chan int, 1)
+	go func() {
+		if code, ok := receiveExit(link); ok {
+			reported <- code
+		}
+	}()
 	for {
 		select {
 		case sig := <-sigs:
 			p.Signal(sig.(unix.Signal))
+		case code := <-reported:
+			// The sandbox's init has reaped everything below it and is
+			// on its way out; the kernel's teardown of its namespaces
+			// (the mount namespace's unmounts wait for an RCU grace
+			// period) need not be waited for. SIGKILL makes sure it ends
+			// even if the report was not its own.
+			p.Signal(unix.SIGKILL)
+			return code
 		case st := <-p.Done():
 			return st.ShellCode()
 		}
 	}
+}
+
+// receiveExit reads the one message the sandbox's init sends, CMD's exit
+// status once nothing else runs in the sandbox; ok is false on anything
+// else (the init died first, or sent something that is not a status).
+func receiveExit(link *escalate.Conn) (code int, ok bool) {
+	m, fds, err := link.Recv()
+	for _, f := range fds {
+		f.Close()
+	}
+	if err != nil || m.Type != "exit" {
+		return 0, false
+	}
+	var exit escalate.Exit
+	if escalate.DecodeBody(m, &exit) != nil || exit.Code < 0 || exit.Code > 255 {
+		return 0, false
+	}
+	return exit.Code, true
 }
 
 // runInit is the sandbox's PID 1 (internal mode run-init): it builds the
@@ -209,12 +248,17 @@ func runInit(args []string, sigs chan os.Signal) int {
 	}
 	// Only stdio, the link (3) and the rootfs (4) were handed over; CMD
 	// gets stdio alone.
+	// Not dumpable: CMD runs as the same root of the same user namespace,
+	// and must not ptrace this process or open its fds (the link).
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fail("prctl: %v", err)
+	}
 	var spec runSpec
 	link, err := receiveSpec(&spec)
 	if err != nil {
 		return fail("%v", err)
 	}
-	link.Close()
+	defer link.Close()
 	if len(spec.Argv) == 0 {
 		return fail("spec: no command")
 	}
@@ -244,5 +288,9 @@ func runInit(args []string, sigs chan os.Signal) int {
 		}
 		return sandbox.NoNewPrivs()
 	}
-	return upConfined(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs, confine)
+	code := upConfined(append([]string{"--grace", "2s", "--"}, spec.Argv...), sigs, confine)
+	// up has reaped every process of the sandbox: nest run may go.
+	body, _ := json.Marshal(escalate.Exit{Code: code})
+	link.Send(&escalate.Message{Type: "exit", Body: body})
+	return code
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nest/sandbox"
+	"nest/supervise"
 )
 
 // nestRunOut runs `nest run ARGS` and returns its combined output and exit
@@ -299,6 +300,47 @@ func TestRunReleasesIDs(t *testing.T) {
 	}
 	if held() {
 		t.Errorf("a finished nest run still holds its id range %d+%d", start, size)
+	}
+}
+
+// TestRunKilledLeavesNothing: nest run's id lease ends with its process,
+// so the sandbox must too — SIGKILL, which nest run cannot forward, ends
+// CMD and everything it started, not only nest run.
+func TestRunKilledLeavesNothing(t *testing.T) {
+	// Nothing ends the shell but a signal: not stdin's end, not stdout's.
+	cmd := exec.Command(nestBin, append([]string{"run"}, sh("sleep 300 & echo $$; exec sleep 300")...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var inner int
+	if _, err := fmt.Fscan(out, &inner); err != nil {
+		t.Fatalf("reading the shell's pid: %v", err)
+	}
+	// The sandbox's processes, seen from here: the descendants of nest run.
+	procs := supervise.Descendants(cmd.Process.Pid)
+	if len(procs) < 3 {
+		t.Fatalf("nest run %d has descendants %v, want its init, the shell and sleep", cmd.Process.Pid, procs)
+	}
+	pidfds := make([]int, 0, len(procs))
+	for _, p := range procs {
+		fd, err := unix.PidfdOpen(p, 0)
+		if err != nil {
+			t.Fatalf("pidfd of %d: %v", p, err)
+		}
+		defer unix.Close(fd)
+		pidfds = append(pidfds, fd)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for i, fd := range pidfds {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 5000); n != 1 || err != nil {
+			t.Errorf("process %d of the sandbox still runs 5 s after nest run was killed", procs[i])
+		}
 	}
 }
 

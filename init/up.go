@@ -66,15 +66,20 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 
 	if sigs == nil {
 		sigs = make(chan os.Signal, 128)
-		notifyInit(sigs, pid1Signals())
+		notifyInit(sigs, earlySignals, pid1Signals())
 	}
 	// Reaping never waits for the main loop: stopping units (shutdown,
 	// reload, reboot) blocks the loop until they are reaped. chld is never
 	// stopped: the process exits when up returns, and signal.Stop spins on
 	// runtime.Gosched until the signal loop idles (1 ms of CPU at the end
-	// of every nest run).
+	// of every nest run). Enabled in the background too (notifyInit):
+	// nothing is started before lateSignals.Wait.
 	chld := make(chan os.Signal, 1)
-	signal.Notify(chld, unix.SIGCHLD)
+	lateSignals.Add(1)
+	go func() {
+		defer lateSignals.Done()
+		signal.Notify(chld, unix.SIGCHLD)
+	}()
 	go func() {
 		for range chld {
 			u.reaper.Reap()
@@ -89,7 +94,6 @@ func upConfined(args []string, sigs chan os.Signal, confine func() error) int {
 		}
 	}
 
-	// Every signal is forwarded or handled from here on.
 	lateSignals.Wait()
 
 	var cfg *config.Config
