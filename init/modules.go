@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,12 +50,19 @@ func (b *booter) loadModules(names []string) {
 	aliases := readAliases(dir)
 	for _, name := range names {
 		for _, pre := range soft[normalModule(name)] {
-			// Any module providing the alias will do (crc32c_intel needs
-			// SSE4.2, crc32c_generic works everywhere).
-			for _, cand := range aliases.resolve(pre) {
-				if l.load(cand) == nil {
-					break
+			// Every module providing the alias, as modprobe does: the
+			// kernel picks the best one that works (crc32c_intel needs
+			// SSE4.2 and passes its self-test or is not used;
+			// crc32c_generic works everywhere). One that loads is enough.
+			var errs []string
+			cands := aliases.resolve(pre)
+			for _, cand := range cands {
+				if err := l.load(cand); err != nil {
+					errs = append(errs, fmt.Sprintf("%s: %v", cand, err))
 				}
+			}
+			if len(errs) == len(cands) {
+				b.logf("module %s: its soft dependency %s: none loaded (%s)", name, pre, strings.Join(errs, "; "))
 			}
 		}
 		if err := l.load(name); err != nil {
