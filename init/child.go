@@ -36,6 +36,14 @@ func childInit(args []string, sigs chan os.Signal) int {
 		logf(format, a...)
 		return runExitError
 	}
+	// SIGCHLD too is enabled in the background (notifyInit): nothing is
+	// started before lateSignals.Wait.
+	chld := make(chan os.Signal, 1)
+	lateSignals.Add(1)
+	go func() {
+		defer lateSignals.Done()
+		signal.Notify(chld, unix.SIGCHLD)
+	}()
 	var spec supervise.ChildSpec
 	link, err := receiveSpec(&spec)
 	if err != nil {
@@ -100,6 +108,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		return fail("%v", err)
 	}
 	ownConfig(&c, logf)
+	lateSignals.Wait()
 	shells := newShellHost(c) // before any process of the container runs
 
 	servicesCgroup, containersCgroup := "", ""
@@ -123,8 +132,6 @@ func childInit(args []string, sigs chan os.Signal) int {
 	}
 
 	reaper := supervise.NewReaper()
-	chld := make(chan os.Signal, 1)
-	signal.Notify(chld, unix.SIGCHLD)
 	go func() {
 		for range chld {
 			reaper.Reap()

@@ -46,28 +46,29 @@ func pid1Signals() []os.Signal {
 	return sigs
 }
 
-// earlySignals are enabled before a container's init does anything else:
-// the ones whose default action in a Go program ends it (HUP, INT and TERM
-// exit, QUIT and ABRT dump the stacks and exit, PIPE exits after a write
-// to a closed stdout or stderr) and PWR, which stops a child container.
-// Go ignores every other signal while nobody has asked for it.
+// earlySignals are caught by every init for its whole life, and by nest
+// up before it does anything else: the ones whose default action in a Go
+// program ends it (HUP, INT and TERM exit, QUIT and ABRT dump the stacks
+// and exit, PIPE exits after a write to a closed stdout or stderr) and
+// PWR, which stops a child container. Go ignores every other signal while
+// nobody has asked for it.
 var earlySignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGABRT, unix.SIGTERM, unix.SIGPIPE, unix.SIGPWR}
 
 // lateSignals is done once notifyInit has enabled every signal it was
 // given.
 var lateSignals sync.WaitGroup
 
-// notifyInit routes early and late to sigs. os/signal enables each signal
-// with a synchronous round trip to a thread of its own (two thread
-// switches each: all 59 of pid1Signals took 1-5 ms here, on the start path
-// of every container), so it enables early before it returns and late in
-// the background, while the init builds its root; lateSignals.Wait before
-// starting what signals are forwarded to.
+// notifyInit routes early, late and earlySignals to sigs. os/signal
+// enables each signal with a synchronous round trip to a thread of its own
+// (two thread switches each: all 59 of pid1Signals took 1-5 ms here, on
+// the start path of every container), so it enables early before it
+// returns and the rest in the background, while the init builds its root;
+// lateSignals.Wait before starting any process.
 func notifyInit(sigs chan<- os.Signal, early, late []os.Signal) {
 	if len(early) > 0 {
 		signal.Notify(sigs, early...)
 	}
-	late = slices.DeleteFunc(slices.Clone(late), func(s os.Signal) bool { return slices.Contains(early, s) })
+	late = slices.DeleteFunc(append(slices.Clone(late), earlySignals...), func(s os.Signal) bool { return slices.Contains(early, s) })
 	if len(late) == 0 {
 		return
 	}
@@ -93,12 +94,13 @@ func initSignals(mode string) []os.Signal {
 }
 
 // initEarlySignals returns the signals the init of mode enables before it
-// does anything else: earlySignals, but none for run-init. Until it starts
-// CMD, only nest run (its parent) can signal the sandbox's init, and a
-// signal that ends it then ends the sandbox with it, as nest run's
-// signals should.
+// does anything else: earlySignals, but none for the init of a container
+// or of nest run's sandbox. Until it starts a process, only its parent can
+// signal it, and a signal that ends it then ends a namespace with nothing
+// in it yet: nest run's signals end the sandbox, and a container's parent
+// that stops it sees it stopped.
 func initEarlySignals(mode string) []os.Signal {
-	if mode == "run-init" {
+	if mode == "run-init" || mode == "child-init" {
 		return nil
 	}
 	return earlySignals
