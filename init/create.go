@@ -193,6 +193,9 @@ func (a *containerAdmin) Remove(ctx context.Context, name string, force, purge b
 	if ok {
 		a.sup.Remove(name)
 	}
+	// Its address, its subnet and its descendants' (through the parents
+	// up to the root).
+	a.sup.ReleaseNetwork(name)
 	var errs []error
 	if a.ids != nil {
 		if err := a.ids.Release(name); err != nil {

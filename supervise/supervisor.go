@@ -149,7 +149,7 @@ func (s *Supervisor) Apply(specs []Spec) {
 		<-d
 	}
 	for _, name := range gone {
-		s.releaseNetwork(name)
+		s.ReleaseNetwork(name)
 	}
 	s.applyEscalation(kept, removed)
 
