@@ -191,6 +191,7 @@ func (c *containerRun) subnetRequest(m *escalate.Message) {
 		defer func() {
 			if r := recover(); r != nil {
 				c.logf("%s: link: internal error answering subnet %d: %v", c.name, m.ID, r)
+				c.refuseRequest(m, "internal error")
 			}
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), subnetTimeout)
