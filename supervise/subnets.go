@@ -172,11 +172,7 @@ func (c *containerRun) subnetRequest(m *escalate.Message) {
 		c.refuseRequest(m, "the parent takes no requests over the link")
 		return
 	}
-	var q SubnetRequest
-	err := escalate.DecodeBody(m, &q)
-	if err == nil {
-		err = CheckSubnetPath(q.Path)
-	}
+	q, err := decodeSubnetRequest(m)
 	if err == nil {
 		err = c.gate.enter(time.Now())
 	}
@@ -210,6 +206,18 @@ func (c *containerRun) subnetRequest(m *escalate.Message) {
 			c.note("answering subnet %d: %v", m.ID, err)
 		}
 	}()
+}
+
+// decodeSubnetRequest reads a child's subnet request strictly.
+func decodeSubnetRequest(m *escalate.Message) (SubnetRequest, error) {
+	var q SubnetRequest
+	if err := escalate.DecodeBody(m, &q); err != nil {
+		return SubnetRequest{}, err
+	}
+	if err := CheckSubnetPath(q.Path); err != nil {
+		return SubnetRequest{}, err
+	}
+	return q, nil
 }
 
 // refuseRequest answers a request of the child with an error.

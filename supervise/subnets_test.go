@@ -236,3 +236,26 @@ func TestSubnetNoSource(t *testing.T) {
 		t.Errorf("answer %+v", m)
 	}
 }
+
+// FuzzSubnetRequest: whatever a child sends as a subnet request's body,
+// decoding never panics, and a path it takes is names joined by "/".
+func FuzzSubnetRequest(f *testing.F) {
+	for _, b := range []string{`{"path":"dev"}`, `{"path":"a/b","release":true}`, `{"path":"../x"}`, `{"path":"a//b"}`, `{"path":"\u0000"}`, `[]`, `{"path":"a","path":"b"}`} {
+		f.Add([]byte(b))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		q, err := decodeSubnetRequest(&escalate.Message{Type: msgSubnet, ID: 1, Body: body})
+		if err != nil {
+			return
+		}
+		parts := strings.Split(q.Path, "/")
+		if len(parts) > MaxTreeDepth {
+			t.Fatalf("took %q: too deep", q.Path)
+		}
+		for _, p := range parts {
+			if !config.ValidName(p) {
+				t.Fatalf("took %q: %q is no name", q.Path, p)
+			}
+		}
+	})
+}
