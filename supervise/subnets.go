@@ -194,7 +194,7 @@ func (c *containerRun) subnetRequest(m *escalate.Message) {
 		defer cancel()
 		sub, err := c.subnets(ctx, path, q.Release)
 		if err != nil {
-			c.logf("%s: subnet of %s: %v", c.name, path, err)
+			c.note("subnet of %s: %v", path, err)
 			c.refuseRequest(m, err.Error())
 			return
 		}
