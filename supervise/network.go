@@ -215,10 +215,15 @@ func (u *Unit) detachNetwork() {
 }
 
 // ReleaseNetwork gives back the address and subnet of a container that
-// is gone for good (nest rm, or removed from the config), whether or not
-// the bridge has been made since this init started, and the subnets of
-// the inits below it.
-func (s *Supervisor) ReleaseNetwork(name string) {
+// is gone for good (nest rm of one this init has no unit of), whether or
+// not the bridge has been made since this init started, and the subnets
+// of the inits below it.
+func (s *Supervisor) ReleaseNetwork(name string) { s.releaseNetwork(name, nil) }
+
+// releaseNetwork is ReleaseNetwork of a container removed from the config
+// or by nest rm, c its config when known: one that cannot hold a subnet
+// (not a veth user container that may nest) sends no release up the link.
+func (s *Supervisor) releaseNetwork(name string, c *config.Container) {
 	opts := s.opts.Net
 	if opts == nil {
 		return
@@ -238,7 +243,8 @@ func (s *Supervisor) ReleaseNetwork(name string) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.logf("%s: %v", name, err)
 	}
-	if s.canGiveSubnets() {
+	mayHold := c == nil || c.Kind == config.KindUser && c.Network == config.NetworkVeth && c.Sandbox.Nesting
+	if opts.Pool.IsValid() || opts.Upstream != nil && mayHold {
 		ctx, cancel := context.WithTimeout(context.Background(), subnetTimeout)
 		defer cancel()
 		if _, err := s.descendantSubnet(ctx, name, true); err != nil {

@@ -14,16 +14,16 @@ import (
 	"nest/escalate"
 )
 
-// Subnets below the root's children (docs/decisions.md, "Subnets at every
-// level"). The root owns the pool. Every init that starts a veth user
+// Subnets below the root's children (docs/decisions.md, "Subnets below
+// the root's children"). The root owns the pool. Every init that starts a veth user
 // container that may nest gives it a /24 in its net message: the root
 // leases it itself; any other init asks its parent over its link with a
 // "subnet" request naming the container by its path below the asking
 // init ("dev"). Each parent prefixes the path with the name of the child
 // it came from ("alice/dev") and takes it, or forwards it up its own
 // link, until it reaches the root, which leases from its pool under the
-// full path. A child can thus only name itself or what lies below it, and
-// the lease outlives restarts of the subtree and of the inits above.
+// full path. A child can thus name only what lies below it, and the lease
+// outlives restarts of the subtree and of the inits above.
 
 // msgSubnet is the one request a child sends up its link, and its reply.
 const msgSubnet = "subnet"

@@ -116,8 +116,15 @@ func TestSubnetForwarding(t *testing.T) {
 		t.Error("alice/dev/web still leased after its release")
 	}
 	askSubnet(t, dev, 4, `{"path":"web/x"}`)
+	// A removed container that cannot hold a subnet sends nothing up.
+	mid.releaseNetwork("dev", &config.Container{Name: "dev", Kind: config.KindDaemon, Network: config.NetworkVeth})
+	if _, ok := owners(t, pool)["alice/dev"]; !ok {
+		t.Error("removing a daemon dev released alice/dev")
+	}
 	// dev is removed from alice: its subnet and its subtree's go.
-	mid.ReleaseNetwork("dev")
+	dc := &config.Container{Name: "dev", Kind: config.KindUser, Network: config.NetworkVeth}
+	dc.Sandbox.Nesting = true
+	mid.releaseNetwork("dev", dc)
 	if got := owners(t, pool); fmt.Sprint(got) != fmt.Sprint(map[string]string{"alice": "10.88.1.0/24"}) {
 		t.Errorf("after alice removed dev: %v", got)
 	}
