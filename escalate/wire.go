@@ -40,6 +40,7 @@ var Types = map[string]bool{
 	"shell":    true, // parent → child: a shell in a container, with the session socket attached; the reply: none
 	"net":      true, // parent → child init of a veth container, once after the spec: its address, resolvers, hosts, subnet
 	"hosts":    true, // parent → child init: the hosts of its bridge changed, in Body
+	"subnet":   true, // child init → parent, forwarded up to the root: a /24 for a container below the child, or its release, in Body; the reply: the /24
 	"error":    true, // reply: the request failed; Error says why
 
 	// The session socket of `nest shell`, from the container's init to the CLI.

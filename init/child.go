@@ -137,6 +137,10 @@ func childInit(args []string, sigs chan os.Signal) int {
 			reaper.Reap()
 		}
 	}()
+	// Made before the supervisor, which asks the parent for its
+	// children's subnets through it; it reads once Serve runs, below.
+	parent := supervise.NewParentLink(link)
+	parent.Shells = shells
 	opts := supervise.Options{
 		Reaper: reaper, Logf: logf, RunDir: runDir, Cgroups: servicesCgroup,
 		ContainerCgroups: containersCgroup,
@@ -144,7 +148,7 @@ func childInit(args []string, sigs chan os.Signal) int {
 		// this container's own root.
 		Nested: true, Layers: own,
 		WorkloadUserns: c.Sandbox.Nesting && c.Sandbox.PrivateUsers,
-		Net:            cnet.netOptions(),
+		Net:            cnet.netOptions(parent),
 	}
 	if c.Kind == config.KindUser {
 		opts.LogDir = logDir // the container's own, from its state
@@ -163,8 +167,6 @@ func childInit(args []string, sigs chan os.Signal) int {
 	if c.Kind == config.KindDaemon {
 		daemonDone = watchEnd(sup, c.Name)
 	}
-	parent := supervise.NewParentLink(link)
-	parent.Shells = shells
 	if cnet != nil {
 		parent.OnHosts = cnet.updateHosts(logf)
 	}

@@ -190,8 +190,12 @@ func (a *containerAdmin) Remove(ctx context.Context, name string, force, purge b
 	if err := config.RemoveFile(dir, name+".toml"); err != nil {
 		return fmt.Errorf("removing %s: %w", file, err)
 	}
+	// Its address, its subnet and its descendants' (through the parents
+	// up to the root) go with it.
 	if ok {
 		a.sup.Remove(name)
+	} else {
+		a.sup.ReleaseNetwork(name)
 	}
 	var errs []error
 	if a.ids != nil {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nest/config"
+	nestnet "nest/net"
 	"nest/rootfs"
 	"nest/sandbox"
 	"nest/supervise"
@@ -193,6 +194,17 @@ func TestCreateRemoveReset(t *testing.T) {
 		t.Fatalf("id pool with %s running: %q, %v", d, pool, err)
 	}
 
+	// Leases of d and u (as veth containers would have them, u with a
+	// subtree below it, as its init would ask for one): rm gives them
+	// back, and only theirs.
+	netDir := filepath.Join(root, nestnet.DefaultStateDir)
+	if err := os.MkdirAll(netDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	addresses, subnets := filepath.Join(netDir, "addresses"), filepath.Join(netDir, "subnets")
+	os.WriteFile(addresses, []byte(fmt.Sprintf("10.88.0.2 %s\n10.88.0.3 %s\n10.88.0.4 %s\n", d, u, inline)), 0o600)
+	os.WriteFile(subnets, []byte(fmt.Sprintf("10.88.1.0/24 %s\n10.88.2.0/24 %s/dev\n10.88.3.0/24 %s/dev/x\n10.88.4.0/24 %s\n", u, u, u, inline)), 0o600)
+
 	// rm: only containers.d ones, a running one with --force.
 	want(1, fmt.Sprintf("container %s is defined in %s:", inline, f.conf), "rm", inline)
 	want(1, "no container nope in "+dir, "rm", "nope")
@@ -210,6 +222,12 @@ func TestCreateRemoveReset(t *testing.T) {
 	want(0, u+": removed", "rm", "--force", u)
 	if entries, _ := os.ReadDir(state.Dir); len(entries) != 1 || entries[0].Name() != rootfs.Home || !exists(rootfs.Home) {
 		t.Errorf("after rm: %s holds %v; want only the home, with its file", state.Dir, entries)
+	}
+	for path, rest := range map[string]string{addresses: "10.88.0.4 " + inline + "\n", subnets: "10.88.4.0/24 " + inline + "\n"} {
+		b, _ := os.ReadFile(path)
+		if _, leases, _ := strings.Cut(string(b), "\n"); leases != rest {
+			t.Errorf("%s after rm of %s and %s:\n%s\nwant only %q", path, d, u, b, rest)
+		}
 	}
 	want(0, u+": created, stopped", "create", u, "--kind", "user", "--no-start")
 	want(0, u+": removed", "rm", u, "--purge")

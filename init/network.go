@@ -105,10 +105,11 @@ func (n *childNet) updateHosts(logf func(string, ...any)) func([]nestnet.Host) {
 }
 
 // netOptions are the network options of this init's own supervisor: a
-// bridge on the subnet the parent gave it, if it gave one.
-func (n *childNet) netOptions() *supervise.NetOptions {
+// bridge on the subnet the parent gave it, if it gave one, and the
+// subnets of its own children that may nest from up, through the parent.
+func (n *childNet) netOptions(up supervise.SubnetSource) *supervise.NetOptions {
 	if n == nil || !n.cfg.Subnet.IsValid() {
 		return nil
 	}
-	return &supervise.NetOptions{Subnet: n.cfg.Subnet, StateDir: nestnet.DefaultStateDir}
+	return &supervise.NetOptions{Subnet: n.cfg.Subnet, StateDir: nestnet.DefaultStateDir, Upstream: up}
 }

@@ -64,6 +64,34 @@ func (l Lease) String() string {
 // reserved, is an error that says so; an owner that held another block
 // moves to the wanted one.
 func (p *Pool) Acquire(owner string, want netip.Prefix) (netip.Prefix, error) {
+	return p.acquire(owner, want, nil)
+}
+
+// AcquireUnder is Acquire of the lowest free block, with a quota: a new
+// block is leased only while group and the owners under it ("group/…")
+// hold fewer than most. An owner that holds a block keeps it.
+func (p *Pool) AcquireUnder(owner, group string, most int) (netip.Prefix, error) {
+	return p.acquire(owner, netip.Prefix{}, func(ls []Lease) error {
+		n := 0
+		for _, l := range ls {
+			if p.Prefix.Overlaps(l.Prefix) && InTree(l.Owner, group) {
+				n++
+			}
+		}
+		if n >= most {
+			return fmt.Errorf("%s and the containers under it hold %d blocks, the most they may", group, n)
+		}
+		return nil
+	})
+}
+
+// InTree reports whether owner is root or below it ("root/…").
+func InTree(owner, root string) bool {
+	return owner == root || strings.HasPrefix(owner, root+"/")
+}
+
+// acquire is Acquire; admit, when set, may refuse a new lease.
+func (p *Pool) acquire(owner string, want netip.Prefix, admit func([]Lease) error) (netip.Prefix, error) {
 	if err := checkOwner(owner); err != nil {
 		return netip.Prefix{}, err
 	}
@@ -93,6 +121,11 @@ func (p *Pool) Acquire(owner string, want netip.Prefix) (netip.Prefix, error) {
 			got = ls[mine].Prefix
 			return ls, nil
 		}
+		if admit != nil {
+			if err := admit(ls); err != nil {
+				return nil, err
+			}
+		}
 		free, err := p.lowestFree(ls)
 		if err != nil {
 			return nil, err
@@ -114,6 +147,18 @@ func (p *Pool) Release(owner string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("release the lease of %s in %s: %w", owner, p.Prefix, err)
+	}
+	return nil
+}
+
+// ReleaseTree gives back what root and every owner under it ("root/…")
+// hold in this pool: a container's subnet and its descendants'.
+func (p *Pool) ReleaseTree(root string) error {
+	err := p.update(func(ls []Lease) ([]Lease, error) {
+		return slices.DeleteFunc(ls, func(l Lease) bool { return InTree(l.Owner, root) && p.Prefix.Overlaps(l.Prefix) }), nil
+	})
+	if err != nil {
+		return fmt.Errorf("release the leases of %s and below in %s: %w", root, p.Prefix, err)
 	}
 	return nil
 }

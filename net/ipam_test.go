@@ -123,6 +123,39 @@ func TestPoolSubnets(t *testing.T) {
 	}
 }
 
+// TestPoolTree: a subtree's leases have a quota and go back together.
+func TestPoolTree(t *testing.T) {
+	p := &Pool{Prefix: netip.MustParsePrefix("10.88.0.0/16"), Bits: 24, Path: filepath.Join(t.TempDir(), "subnets"),
+		Reserved: []netip.Prefix{netip.MustParsePrefix("10.88.0.0/24")}}
+	for _, owner := range []string{"alice", "alice/dev", "alice/dev/x", "alicex", "bob"} {
+		mustAcquire(t, p, owner, "")
+	}
+	if _, err := p.AcquireUnder("alice/web", "alice", 3); err == nil || !strings.Contains(err.Error(), "alice and the containers under it hold 3 blocks") {
+		t.Errorf("AcquireUnder past the quota = %v", err)
+	}
+	if got, err := p.AcquireUnder("alice/dev", "alice", 3); err != nil || show(got) != "10.88.2.0/24" {
+		t.Errorf("AcquireUnder of a lease held = %v, %v; want 10.88.2.0/24 again", got, err)
+	}
+	if got, err := p.AcquireUnder("bob/x", "bob", 3); err != nil || show(got) != "10.88.6.0/24" {
+		t.Errorf("AcquireUnder within the quota = %v, %v; want 10.88.6.0/24", got, err)
+	}
+	if err := p.ReleaseTree("alice/dev"); err != nil {
+		t.Fatal(err)
+	}
+	var owners []string
+	ls, _ := p.Leases()
+	for _, l := range ls {
+		owners = append(owners, l.Owner)
+	}
+	if got := strings.Join(owners, " "); got != "alice alicex bob bob/x" {
+		t.Errorf("after ReleaseTree(alice/dev): %s, want alice alicex bob bob/x", got)
+	}
+	p.ReleaseTree("alice")
+	if got := mustAcquire(t, p, "carol", ""); got != "10.88.1.0/24" {
+		t.Errorf("after ReleaseTree(alice) the lowest free = %s, want alice's 10.88.1.0/24", got)
+	}
+}
+
 func TestPoolBadFile(t *testing.T) {
 	for _, tc := range []struct{ content, err string }{
 		{"10.88.0.2 web\n10.88.0.2 db\n", ":2: 10.88.0.2 of db overlaps 10.88.0.2 of web"},

@@ -201,7 +201,8 @@ func (s *Supervisor) Add(spec Spec, start bool) error {
 }
 
 // Remove stops the unit called name and removes it, and returns once it is
-// down. It reports whether there was such a unit.
+// down; a container's address and subnets go with it (ReleaseNetwork). It
+// reports whether there was such a unit.
 func (s *Supervisor) Remove(name string) bool {
 	s.mu.Lock()
 	u, ok := s.units[name]
@@ -215,6 +216,9 @@ func (s *Supervisor) Remove(name string) bool {
 	}
 	<-u.send(opRemove)
 	u.log.Close()
+	if c := u.spec.Container; c != nil {
+		s.releaseNetwork(name, c)
+	}
 	s.changed()
 	return true
 }

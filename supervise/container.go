@@ -228,6 +228,7 @@ func (u *Unit) spawnContainer() (*Process, *containerRun, *cgroup, error) {
 	go u.copyLog(logR)
 	logR = nil
 	run := newContainerRun(link, c.Name, u.logf)
+	run.subnets = u.sup.descendantSubnet
 	if c.Network == config.NetworkVeth {
 		if err := u.attachNetwork(proc, run); err != nil {
 			return failStarted(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -18,7 +19,8 @@ import (
 // The link between a child container's init and its parent: one
 // socketpair, the escalate wire format (docs/control-api.md, "The link").
 // The parent asks, the child answers: the only messages a child sends
-// unasked are "ready" and "state". Everything the child sends is hostile:
+// unasked are "ready" and "state", and its one request is "subnet"
+// (subnets.go). Everything the child sends is hostile:
 // the parent bounds how long it waits and how much it takes, and checks
 // every field before it shows it.
 
@@ -70,16 +72,96 @@ type containerRun struct {
 
 	sendMu sync.Mutex // one send at a time, each with its own deadline
 
+	// subnets answers the child's subnet requests (Supervisor.
+	// descendantSubnet; nil: refused), gate bounds them.
+	subnets func(ctx context.Context, path string, release bool) (netip.Prefix, error)
+	gate    subnetGate
+
+	reqs pendingRequests // the parent's requests under way
+
 	mu        sync.Mutex
-	lastID    uint64
-	pending   map[uint64]*waiter
 	notes     int
 	notesFrom time.Time
 }
 
-// waiter is one request waiting for its answer.
-type waiter struct {
-	reply chan *escalate.Message // buffered: read never blocks on it
+// pendingRequests are the requests one end of a link has under way, by
+// id, each waiting for its answer.
+type pendingRequests struct {
+	mu     sync.Mutex
+	lastID uint64
+	byID   map[uint64]chan *escalate.Message // each buffered: the reader never blocks
+}
+
+var errTooMany = errors.New("too many requests under way")
+
+// open takes an id for a new request, unless down is closed or
+// maxPending are under way; forget(id) drops it.
+func (p *pendingRequests) open(down <-chan struct{}) (uint64, <-chan *escalate.Message, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-down:
+		return 0, nil, errLinkDown
+	default:
+	}
+	if len(p.byID) >= maxPending {
+		return 0, nil, errTooMany
+	}
+	if p.byID == nil {
+		p.byID = make(map[uint64]chan *escalate.Message)
+	}
+	p.lastID++
+	reply := make(chan *escalate.Message, 1)
+	p.byID[p.lastID] = reply
+	return p.lastID, reply, nil
+}
+
+func (p *pendingRequests) forget(id uint64) {
+	p.mu.Lock()
+	delete(p.byID, id)
+	p.mu.Unlock()
+}
+
+// answer hands m to the request of its id. It reports whether one
+// waited, and whether the id is one this end ever used.
+func (p *pendingRequests) answer(m *escalate.Message) (delivered, issued bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	issued = m.ID != 0 && m.ID <= p.lastID
+	w := p.byID[m.ID]
+	if m.ID == 0 || w == nil {
+		return false, issued
+	}
+	delete(p.byID, m.ID)
+	w <- m
+	return true, issued
+}
+
+func (p *pendingRequests) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.byID)
+}
+
+// awaitAnswer waits up to timeout for the answer of a request: an
+// "error" answer is an error, any other is returned for the caller to
+// check.
+func awaitAnswer(ctx context.Context, reply <-chan *escalate.Message, timeout time.Duration, down <-chan struct{}) (*escalate.Message, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case m := <-reply:
+		if m.Type == msgError {
+			return nil, errors.New(cleanText(m.Error))
+		}
+		return m, nil
+	case <-t.C:
+		return nil, errTimeout
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-down:
+		return nil, errLinkDown
+	}
 }
 
 func newContainerRun(link *escalate.Conn, name string, logf func(string, ...any)) *containerRun {
@@ -90,7 +172,6 @@ func newContainerRun(link *escalate.Conn, name string, logf func(string, ...any)
 		link: link, name: name, logf: logf,
 		messages: make(chan notifyMessage, 4),
 		down:     make(chan struct{}),
-		pending:  make(map[uint64]*waiter),
 	}
 }
 
@@ -168,17 +249,12 @@ func (c *containerRun) dispatch(m *escalate.Message) {
 		}
 	case msgState:
 		// Allowed unasked; nothing uses it yet.
+	case msgSubnet:
+		c.subnetRequest(m)
 	case msgSubtree, msgAct, msgShell, msgError:
-		c.mu.Lock()
-		w := c.pending[m.ID]
-		if w != nil {
-			delete(c.pending, m.ID)
-		}
-		issued := m.ID != 0 && m.ID <= c.lastID
-		c.mu.Unlock()
+		delivered, issued := c.reqs.answer(m)
 		switch {
-		case m.ID != 0 && w != nil:
-			w.reply <- m
+		case delivered:
 		case m.Type != msgError && !issued:
 			// A request of the child's own: the parent takes none.
 			c.note("%s request %d from the child refused", m.Type, m.ID)
@@ -202,51 +278,23 @@ func (c *containerRun) request(ctx context.Context, typ string, body any, timeou
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	select {
-	case <-c.down:
-		c.mu.Unlock()
-		return nil, errLinkDown
-	default:
-	}
-	if len(c.pending) >= maxPending {
-		c.mu.Unlock()
+	id, reply, err := c.reqs.open(c.down)
+	if errors.Is(err, errTooMany) {
 		return nil, errors.New("too many requests to the container's init under way")
 	}
-	c.lastID++
-	id := c.lastID
-	w := &waiter{reply: make(chan *escalate.Message, 1)}
-	c.pending[id] = w
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-	}()
-
+	if err != nil {
+		return nil, err
+	}
+	defer c.reqs.forget(id)
 	if err := c.send(&escalate.Message{Type: typ, ID: id, Body: b}, fds...); err != nil {
 		return nil, fmt.Errorf("asking the container's init: %w", err)
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case m := <-w.reply:
-		switch m.Type {
-		case typ:
-			return m, nil
-		case msgError:
-			return nil, errors.New(cleanText(m.Error))
-		default:
-			c.note("%s %d answered with %s", typ, id, m.Type)
-			return nil, fmt.Errorf("the container's init answered %s with %s", typ, m.Type)
-		}
-	case <-t.C:
-		return nil, errTimeout
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-c.down:
-		return nil, errLinkDown
+	m, err := awaitAnswer(ctx, reply, timeout, c.down)
+	if err == nil && m.Type != typ {
+		c.note("%s %d answered with %s", typ, id, m.Type)
+		return nil, fmt.Errorf("the container's init answered %s with %s", typ, m.Type)
 	}
+	return m, err
 }
 
 // subtree asks the child's init for its units, depth levels of them
@@ -305,6 +353,11 @@ type ParentLink struct {
 	conn   *escalate.Conn
 	sendMu sync.Mutex
 	busy   chan struct{} // one token per request being answered
+
+	// This init's own requests (subnets.go): answered by the parent.
+	reqs     pendingRequests
+	down     chan struct{} // closed when Serve returns
+	downOnce sync.Once
 	// OnHosts, when set, takes the hosts of each hosts message (checked).
 	OnHosts func([]nestnet.Host)
 }
@@ -318,7 +371,10 @@ const (
 // NewParentLink wraps the link a child init's spec arrived on.
 func NewParentLink(conn *escalate.Conn) *ParentLink {
 	conn.LimitFDs(1) // the session socket of a shell request; nothing else
-	return &ParentLink{conn: conn, busy: make(chan struct{}, maxAnswering)}
+	return &ParentLink{
+		conn: conn, busy: make(chan struct{}, maxAnswering),
+		down: make(chan struct{}),
+	}
 }
 
 func (p *ParentLink) send(m *escalate.Message) error {
@@ -341,6 +397,7 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer p.downOnce.Do(func() { close(p.down) })
 	for {
 		m, fds, err := p.conn.Recv()
 		var session *os.File
@@ -368,6 +425,9 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 			shutdown(action)
 		case msgHosts:
 			p.hosts(m, logf)
+		case msgSubnet, msgError:
+			// Answers to this init's own requests.
+			p.reply(m, logf)
 		case msgSubtree, msgAct, msgShell:
 			if m.ID == 0 {
 				logf("link: %s request without an id, ignored", m.Type)

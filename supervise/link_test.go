@@ -30,6 +30,7 @@ func fakeContainer(t testing.TB, s *Supervisor, name string, kind config.Kind) *
 	t.Cleanup(func() { parent.Close(); child.Close() })
 	parent.LimitFDs(0)
 	run := newContainerRun(parent, name, s.opts.Logf)
+	run.subnets = s.descendantSubnet
 	go run.read()
 	u := newUnit(s, Spec{
 		Service:   config.Service{Name: name, Restart: config.RestartOnFailure},
@@ -385,10 +386,7 @@ func TestLinkHostileChild(t *testing.T) {
 			}
 			// Nothing is left waiting, and the link still reads.
 			time.Sleep(20 * time.Millisecond)
-			run.mu.Lock()
-			pending := len(run.pending)
-			run.mu.Unlock()
-			if pending != 0 {
+			if pending := run.reqs.len(); pending != 0 {
 				t.Errorf("%d requests still pending", pending)
 			}
 			select {

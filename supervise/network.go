@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,8 +35,12 @@ type NetOptions struct {
 	// root's pool, or what a child init's parent sent it.
 	Subnet netip.Prefix
 	// Pool is where child inits get a /24 of their own from: the root's
-	// subnet. The zero Prefix: this init hands out none.
+	// subnet. The zero Prefix: this init owns none (see Upstream).
 	Pool netip.Prefix
+	// Upstream, where there is no Pool, is where this init gets the /24s
+	// of its children that may nest: its parent, which asks its own, up
+	// to the root (subnets.go). nil: it gives them none.
+	Upstream SubnetSource
 	// StateDir holds the lease files; one that cannot be written keeps
 	// the leases in memory.
 	StateDir string
@@ -158,8 +163,10 @@ func (u *Unit) attachNetwork(proc *Process, run *containerRun) (err error) {
 			err = nil
 		}
 	}
-	if pool := s.subnets(); pool != nil && c.Kind == config.KindUser && c.Sandbox.Nesting {
-		sub, err := pool.Acquire(c.Name, netip.Prefix{})
+	if s.canGiveSubnets() && c.Kind == config.KindUser && c.Sandbox.Nesting {
+		ctx, cancel := context.WithTimeout(context.Background(), subnetTimeout)
+		sub, err := s.descendantSubnet(ctx, c.Name, false)
+		cancel()
 		if err != nil {
 			return fmt.Errorf("a subnet for %s's own containers: %w", c.Name, err)
 		}
@@ -207,10 +214,16 @@ func (u *Unit) detachNetwork() {
 	u.sup.sendHosts(c.Name)
 }
 
-// releaseNetwork gives back the address and subnet of a container that
-// is gone for good (nest rm, or removed from the config), whether or not
-// the bridge has been made since this init started.
-func (s *Supervisor) releaseNetwork(name string) {
+// ReleaseNetwork gives back the address and subnet of a container that
+// is gone for good (nest rm of one this init has no unit of), whether or
+// not the bridge has been made since this init started, and the subnets
+// of the inits below it.
+func (s *Supervisor) ReleaseNetwork(name string) { s.releaseNetwork(name, nil) }
+
+// releaseNetwork is ReleaseNetwork of a container removed from the config
+// or by nest rm, c its config when known: one that cannot hold a subnet
+// (not a veth user container that may nest) sends no release up the link.
+func (s *Supervisor) releaseNetwork(name string, c *config.Container) {
 	opts := s.opts.Net
 	if opts == nil {
 		return
@@ -230,8 +243,11 @@ func (s *Supervisor) releaseNetwork(name string) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.logf("%s: %v", name, err)
 	}
-	if pool := s.subnets(); pool != nil {
-		if err := pool.Release(name); err != nil {
+	mayHold := c == nil || c.Kind == config.KindUser && c.Network == config.NetworkVeth && c.Sandbox.Nesting
+	if opts.Pool.IsValid() || opts.Upstream != nil && mayHold {
+		ctx, cancel := context.WithTimeout(context.Background(), subnetTimeout)
+		defer cancel()
+		if _, err := s.descendantSubnet(ctx, name, true); err != nil {
 			s.logf("%s: %v", name, err)
 		}
 	}

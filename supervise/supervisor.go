@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"nest/config"
 	"nest/mounts"
 	"nest/sandbox"
 )
@@ -129,7 +130,7 @@ func (s *Supervisor) Apply(specs []Spec) {
 
 	s.mu.Lock()
 	var down []<-chan struct{}
-	var gone []string // containers removed from the config
+	var gone []*config.Container // containers removed from the config
 	var kept, removed []Spec
 	for name, u := range s.units {
 		sp, keep := want[name]
@@ -138,7 +139,7 @@ func (s *Supervisor) Apply(specs []Spec) {
 			continue
 		}
 		if !keep && u.spec.Container != nil {
-			gone = append(gone, name)
+			gone = append(gone, u.spec.Container)
 		}
 		down = append(down, u.send(opRemove))
 		delete(s.units, name)
@@ -148,8 +149,8 @@ func (s *Supervisor) Apply(specs []Spec) {
 	for _, d := range down {
 		<-d
 	}
-	for _, name := range gone {
-		s.releaseNetwork(name)
+	for _, c := range gone {
+		s.releaseNetwork(c.Name, c)
 	}
 	s.applyEscalation(kept, removed)
 

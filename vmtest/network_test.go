@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -9,7 +10,16 @@ import (
 var netModules = []string{"nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"}
 
 const networkConfig = `# The network scenario of vmtest/network_test.go.
+modules = ["virtio_pci", "virtio_blk", "ext4"]
 console = "none"
+
+# The user containers' state on a disk of its own: mid/dev's overlay has
+# mid's upper as a lower, which the overlay refuses inside its other
+# lower (the initramfs) on one file system.
+[[mount]]
+source = "/dev/vda"
+target = "/var/lib/nest"
+type   = "ext4"
 
 [[service]]
 name = "holder"                      # holds a port of the root
@@ -52,6 +62,19 @@ kind    = "daemon"
 exec    = ["/bin/sh", "-c", "until wget -q -O- http://192.0.2.2:7000/deep; do sleep 0.3; done; exec sleep 100000"]
 network = "veth"
 
+# Three levels: mid/dev's /24 comes from the root's pool through mid's
+# link; leaf, on dev's bridge, goes out through dev's, mid's and the
+# root's NAT.
+[container.mid.container.dev]
+kind          = "user"
+network       = "veth"
+private_users = false
+
+[container.mid.container.dev.container.leaf]
+kind    = "daemon"
+exec    = ["/bin/sh", "-c", "until wget -q -O- http://192.0.2.2:7000/leaf; do sleep 0.3; done; exec sleep 100000"]
+network = "veth"
+
 [container.isolated]
 kind    = "daemon"
 exec    = ["/bin/sh", "-c", "echo LINKS $(ip -o link | cut -d: -f2); exec sleep 100000"]
@@ -85,13 +108,20 @@ restart = "no"
 // TestPID1Network boots veth, none and host containers and checks them
 // from the root and from inside (vmtest/pid1/network_test.go): names and
 // hosts updates, published ports on loopback and the bridge, outbound
-// NAT, leases, a taken port, bad network config with its line, a subnet
-// that a route overlaps, 100 start/stop cycles that leave nothing.
+// NAT through one, two and three levels, a /24 for each level from the
+// root's pool kept over a restart, leases, a taken port, bad network
+// config with its line, a subnet that a route overlaps, 100 start/stop
+// cycles that leave nothing.
 func TestPID1Network(t *testing.T) {
 	t.Parallel()
+	state := filepath.Join(t.TempDir(), "state.img")
+	if err := NewExt4Image(state, 64); err != nil {
+		t.Fatal(err)
+	}
 	vm := &VM{
 		Kernel: TestKernel(t),
-		Initrd: scenario{config: networkConfig, files: map[string]string{
+		Disks:  []string{state},
+		Initrd: scenario{config: networkConfig, modules: Ext4Modules, files: map[string]string{
 			"/etc/hosts":       "127.0.0.1\tlocalhost\n",
 			"/etc/resolv.conf": "nameserver 192.0.2.53\nnameserver 127.0.0.53\n",
 			"/etc/hostname":    "nestvm\n",

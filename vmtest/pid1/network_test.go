@@ -4,10 +4,12 @@ package pid1
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -113,13 +115,13 @@ func TestNetworkNAT(t *testing.T) {
 	defer cleanup()
 	l := listenIn(t, ns, "tcp4", "192.0.2.2:7000")
 	defer l.Close()
-	deep := make(chan string, 16)
+	seen := map[string]chan string{"/deep": make(chan string, 1), "/leaf": make(chan string, 1)}
 	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprintf(w, "seen from %s\n", host)
-		if r.URL.Path == "/deep" {
+		if c := seen[r.URL.Path]; c != nil {
 			select {
-			case deep <- host:
+			case c <- host:
 			default:
 			}
 		}
@@ -129,15 +131,74 @@ func TestNetworkNAT(t *testing.T) {
 		t.Errorf("the outside saw natted as\n%s\nwant the root's 192.0.2.1", out)
 	}
 	// A grandchild, mid/deep, on mid's own bridge: through mid's NAT and
-	// the root's, the outside sees the root.
-	select {
-	case host := <-deep:
-		if host != "192.0.2.1" {
-			t.Errorf("the outside saw mid/deep as %s, want the root's 192.0.2.1", host)
+	// the root's, the outside sees the root. mid/dev/leaf, on dev's
+	// bridge, goes through three.
+	for _, c := range []struct{ path, who, nats string }{
+		{"/deep", "mid/deep", "two"}, {"/leaf", "mid/dev/leaf", "three"},
+	} {
+		select {
+		case host := <-seen[c.path]:
+			if host != "192.0.2.1" {
+				t.Errorf("the outside saw %s as %s, want the root's 192.0.2.1", c.who, host)
+			}
+		case <-time.After(90 * time.Second):
+			out, _ := nest(t, "ls", "--tree")
+			t.Errorf("%s never reached the outside through %s NATs; nest ls --tree:\n%s", c.who, c.nats, out)
 		}
-	case <-time.After(90 * time.Second):
-		out, _ := nest(t, "ls", "--tree")
-		t.Errorf("mid/deep never reached the outside through two NATs; nest ls --tree:\n%s", out)
+	}
+}
+
+// tryStatus is status for a container that may be restarting.
+func tryStatus(t *testing.T, path string) supervise.Status {
+	out, code := nest(t, "status", "--json", path)
+	var st supervise.Status
+	if code == 0 {
+		json.Unmarshal([]byte(out), &st)
+	}
+	return st
+}
+
+// TestNetworkLevels: each level has a /24 of its own from the root's
+// pool, leased under the container's path; a veth daemon three levels
+// down keeps its address over a restart of its parent container, whose
+// /24 its parent gets again from the root.
+func TestNetworkLevels(t *testing.T) {
+	defer dumpLogs(t, "mid") // nest logs reads only the root's children
+	var leaf supervise.Status
+	until(t, 90*time.Second, "mid/dev/leaf running with an address", func() bool {
+		leaf = tryStatus(t, "mid/dev/leaf")
+		return leaf.State == supervise.StateRunning && leaf.Address != ""
+	})
+	subnets := map[string]netip.Prefix{"": netip.MustParsePrefix("10.88.0.0/24")}
+	for _, line := range strings.Split(readFile(t, "/var/lib/nest/net/subnets"), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+			subnets[f[1]] = netip.MustParsePrefix(f[0])
+		}
+	}
+	root, mid, dev := subnets[""], subnets["mid"], subnets["mid/dev"]
+	if !mid.IsValid() || !dev.IsValid() || mid == dev || mid.Overlaps(root) || dev.Overlaps(root) {
+		t.Fatalf("the root's subnet leases: %v; want mid's and mid/dev's, apart and beside the root's", subnets)
+	}
+	addr := netip.MustParsePrefix(leaf.Address)
+	if !dev.Contains(addr.Addr()) {
+		t.Errorf("mid/dev/leaf's address %s is not in mid/dev's %s", addr, dev)
+	}
+	if st := tryStatus(t, "mid/dev"); !mid.Contains(netip.MustParsePrefix(st.Address).Addr()) {
+		t.Errorf("mid/dev's address %s is not in mid's %s", st.Address, mid)
+	}
+	if out, code := nest(t, "restart", "mid/dev"); code != 0 {
+		t.Fatalf("nest restart mid/dev = %d %s", code, out)
+	}
+	var again supervise.Status
+	until(t, 90*time.Second, "mid/dev/leaf running again after mid/dev's restart", func() bool {
+		again = tryStatus(t, "mid/dev/leaf")
+		return again.State == supervise.StateRunning && again.Address != "" && again.Since.After(leaf.Since)
+	})
+	if again.Address != leaf.Address {
+		t.Errorf("mid/dev/leaf's address after mid/dev's restart = %s, want %s", again.Address, leaf.Address)
+	}
+	if got := readFile(t, "/var/lib/nest/net/subnets"); !strings.Contains(got, dev.String()+" mid/dev\n") {
+		t.Errorf("mid/dev's lease after its restart:\n%s\nwant %s", got, dev)
 	}
 }
 
