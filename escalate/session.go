@@ -134,10 +134,6 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	}
 
 	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		s.waitExit()
-	}()
 	output := make(chan struct{})
 	if s.master != nil {
 		go func() {
@@ -149,7 +145,10 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	}
 	go s.serveClient(exited)
 
-	<-exited
+	// Waited for here, not in a goroutine of its own: the exit goes to
+	// the client without a hop between threads.
+	s.waitExit()
+	close(exited)
 	if s.master != nil {
 		// What the command wrote before it exited is still to be read;
 		// anything it left behind gets a moment more.
