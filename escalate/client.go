@@ -470,9 +470,8 @@ func (c *Client) mayUseKeyFile() bool {
 // warmUp does, while the request travels and the parent answers, what
 // signing with a key file costs the first time in a process: it reads
 // and parses the --key files that need no passphrase (delivered on the
-// channel, for sign), computes the ed25519 base point table (about 2 ms
-// here, more than the rest of an escalation of true) and pages in the
-// JSON encoder of the auth message. Nothing is signed; if the parent's
+// channel, for sign) and pages in the signing code and the JSON encoder
+// of the auth message. Nothing of the user's is signed; if the parent's
 // method is not key, the work is lost, on another CPU.
 func (c *Client) warmUp() <-chan map[string]ssh.Signer {
 	out := make(chan map[string]ssh.Signer, 1)
@@ -481,18 +480,33 @@ func (c *Client) warmUp() <-chan map[string]ssh.Signer {
 		loaded := make(map[string]ssh.Signer)
 		for _, f := range files {
 			if b, err := os.ReadFile(f); err == nil {
-				if s, err := ssh.ParsePrivateKey(b); err == nil {
+				if s, err := parseKey(b, nil); err == nil {
 					loaded[f] = s
 				}
 			}
 		}
-		ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+		signEd25519(make(ed25519.PrivateKey, ed25519.PrivateKeySize), nil)
 		if body, err := jsonBody(Auth{Signature: make([]byte, 64)}); err == nil {
 			json.Marshal(&Message{Type: MsgAuth, Body: body})
 		}
 		out <- loaded
 	}()
 	return out
+}
+
+// parseKey reads a private key, with its passphrase if not nil.
+func parseKey(b, passphrase []byte) (ssh.Signer, error) {
+	var key any
+	var err error
+	if passphrase == nil {
+		key, err = ssh.ParseRawPrivateKey(b)
+	} else {
+		key, err = ssh.ParseRawPrivateKeyWithPassphrase(b, passphrase)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return signerOf(key)
 }
 
 // loadKey reads a private key file, asking for its passphrase if it has
@@ -502,7 +516,7 @@ func (c *Client) loadKey(path string) (ssh.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := ssh.ParsePrivateKey(b)
+	s, err := parseKey(b, nil)
 	var missing *ssh.PassphraseMissingError
 	if errors.As(err, &missing) {
 		if c.Ask == nil {
@@ -512,7 +526,7 @@ func (c *Client) loadKey(path string) (ssh.Signer, error) {
 		if aerr != nil {
 			return nil, aerr
 		}
-		s, err = ssh.ParsePrivateKeyWithPassphrase(b, []byte(pass))
+		s, err = parseKey(b, []byte(pass))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
