@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -242,13 +243,13 @@ func exitCode(m *Message) (int, error) {
 var forwarded = []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
 
 // fdSession waits for the command, which runs on this process's own
-// stdin, stdout and stderr, forwarding signals. The exit message is read
-// here, not handed over by another goroutine: it ends nest escalate, and
-// each hop between threads is time.
+// stdin, stdout and stderr, forwarding signals once it has run for
+// forwardAfter. The exit message is read here, not handed over by another
+// goroutine: it ends nest escalate, and each hop between threads is time.
 func (c *Client) fdSession(conn *Conn) (int, error) {
 	if c.ForwardSignals {
-		stop := forwardSignals(conn, forwarded)
-		defer stop()
+		fw := forwardSignals(conn, forwarded, forwardAfter)
+		defer fw.stop()
 	}
 	for {
 		m, err := c.recv(conn)
@@ -261,30 +262,65 @@ func (c *Client) fdSession(conn *Conn) (int, error) {
 	}
 }
 
-// forwardSignals sends the signals sigs that this process gets to the
-// session until stop is called. stop does not wait for os/signal to let
-// go of them (signal.Stop hands each signal to a thread of the runtime's
-// and back, 0.2 ms here, and nest escalate exits right after): until it
-// has, a signal is caught and dropped.
-func forwardSignals(conn *Conn, sigs []os.Signal) (stop func()) {
-	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, sigs...)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case sig := <-ch:
+// forwardAfter is how long a command without a pty runs before nest
+// escalate catches its own SIGINT, SIGTERM, SIGHUP and SIGQUIT to send
+// them on. Catching them costs 0.6 ms here (os/signal starts two threads
+// and hands each signal to one of them and back), a tenth of an
+// escalation of true, so a command that ends sooner never pays it. Until
+// then such a signal ends nest escalate as if it caught none, and the
+// parent hangs the session up, as for any client that goes away: the
+// command gets SIGHUP.
+var forwardAfter = 10 * time.Millisecond
+
+// A forwarder sends the signals this process gets to a session.
+type forwarder struct {
+	ch    chan os.Signal
+	timer *time.Timer
+	ready chan struct{} // closed once the signals are caught
+
+	mu       sync.Mutex
+	stopped  bool
+	catching bool
+}
+
+// forwardSignals forwards sigs to the session on conn from after on, until
+// stop.
+func forwardSignals(conn *Conn, sigs []os.Signal, after time.Duration) *forwarder {
+	fw := &forwarder{ch: make(chan os.Signal, 8), ready: make(chan struct{})}
+	fw.timer = time.AfterFunc(after, func() {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		if fw.stopped {
+			return
+		}
+		signal.Notify(fw.ch, sigs...)
+		fw.catching = true
+		close(fw.ready)
+		go func() {
+			for sig := range fw.ch {
 				if name := SignalName(sig.(unix.Signal)); name != "" {
 					sendBody(conn, MsgSignal, Signal{Name: name})
 				}
-			case <-done:
-				return
 			}
-		}
-	}()
-	return func() {
-		close(done)
-		go signal.Stop(ch)
+		}()
+	})
+	return fw
+}
+
+// stop ends the forwarding. It does not wait for os/signal to let go of
+// the signals (signal.Stop hands each to a thread of the runtime's and
+// back, 0.2 ms here, and nest escalate exits right after): until it has,
+// a signal is caught and dropped.
+func (fw *forwarder) stop() {
+	fw.timer.Stop()
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.stopped = true
+	if fw.catching {
+		go func() {
+			signal.Stop(fw.ch)
+			close(fw.ch) // ends the forwarding goroutine: nothing sends on ch after Stop
+		}()
 	}
 }
 
