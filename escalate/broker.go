@@ -386,7 +386,8 @@ func (b *Broker) serveConn(c *childSocket, conn *Conn, cred unix.Ucred) {
 	b.record(a)
 	stdio := files
 	files = nil // the session owns them
-	exit, err := b.runSession(conn, pl, stdio, c.name)
+	exit, cleanup, err := b.runSession(conn, pl, stdio, c.name)
+	defer cleanup() // after the exit message
 	if err != nil {
 		a.Result, a.Reason = "failed", err.Error()
 		b.record(a)

@@ -1,6 +1,8 @@
 package escalate
 
 import (
+	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -62,6 +65,13 @@ func (e *ExitError) Error() string { return e.Msg }
 
 // Dial connects to an escalation socket.
 func Dial(path string) (*Conn, error) {
+	return dialSend(path, nil, nil)
+}
+
+// dialSend connects to an escalation socket and, if packet is not nil,
+// sends it with fds attached before the socket goes to the runtime's
+// poller: the request is on its way before anything else is set up.
+func dialSend(path string, packet []byte, fds []*os.File) (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("escalate: socket: %w", err)
@@ -69,6 +79,25 @@ func Dial(path string) (*Conn, error) {
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("escalate: connect %s: %w", path, err)
+	}
+	if packet != nil {
+		// A new connection's queue is empty: this send does not wait.
+		err := withFDs(fds, nil, func(nums []int) error {
+			var oob []byte
+			if len(nums) > 0 {
+				oob = unix.UnixRights(nums...)
+			}
+			for {
+				err := unix.Sendmsg(fd, packet, oob, nil, unix.MSG_NOSIGNAL)
+				if err != unix.EINTR {
+					return err
+				}
+			}
+		})
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("escalate: send request: %w", err)
+		}
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
@@ -84,14 +113,10 @@ func (c *Client) Run() (int, error) {
 	if path == "" {
 		path = ParentSocket
 	}
-	conn, err := Dial(path)
-	if errors.Is(err, unix.ENOENT) {
-		return 1, fmt.Errorf("no parent to escalate to: %s does not exist (the root container has none)", path)
+	var warm <-chan map[string]ssh.Signer
+	if c.mayUseKeyFile() {
+		warm = c.warmUp()
 	}
-	if err != nil {
-		return 1, err
-	}
-	defer conn.Close()
 
 	// The request goes out at once, without waiting for the hello: a round
 	// trip less. Its proof, if the parent's method wants one, follows the
@@ -104,17 +129,25 @@ func (c *Client) Run() (int, error) {
 			q.Rows, q.Cols = rows, cols
 		}
 	}
-	body, err := jsonBody(q)
+	packet, body, err := requestPacket(&q)
 	if err != nil {
 		return 1, err
+	}
+	if len(packet) > MaxMessage {
+		return 1, fmt.Errorf("the request of %d bytes is over the limit of %d", len(packet), MaxMessage)
 	}
 	var fds []*os.File
 	if !pty {
 		fds = []*os.File{c.Stdin, c.Stdout, c.Stderr}
 	}
-	if err := conn.Send(&Message{Type: MsgRequest, Body: body}, fds...); err != nil {
+	conn, err := dialSend(path, packet, fds)
+	if errors.Is(err, unix.ENOENT) {
+		return 1, fmt.Errorf("no parent to escalate to: %s does not exist (the root container has none)", path)
+	}
+	if err != nil {
 		return 1, err
 	}
+	defer conn.Close()
 
 	conn.SetReadDeadline(time.Now().Add(helloWait))
 	m, err := c.recv(conn)
@@ -135,7 +168,7 @@ func (c *Client) Run() (int, error) {
 	var auth *Auth
 	switch h.Method {
 	case MethodKey:
-		sig, err := c.sign(&h, SignedMessage(h.Nonce, body))
+		sig, err := c.sign(&h, SignedMessage(h.Nonce, body), warm)
 		if err != nil {
 			return 1, err
 		}
@@ -210,28 +243,84 @@ func exitCode(m *Message) (int, error) {
 var forwarded = []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
 
 // fdSession waits for the command, which runs on this process's own
-// stdin, stdout and stderr, forwarding signals.
+// stdin, stdout and stderr, forwarding signals once it has run for
+// forwardAfter. The exit message is read here, not handed over by another
+// goroutine: it ends nest escalate, and each hop between threads is time.
 func (c *Client) fdSession(conn *Conn) (int, error) {
-	sigs := make(chan os.Signal, 8)
 	if c.ForwardSignals {
-		signal.Notify(sigs, forwarded...)
-		defer signal.Stop(sigs)
+		fw := forwardSignals(conn, forwarded, forwardAfter)
+		defer fw.stop()
 	}
-	msgs := c.messages(conn)
 	for {
-		select {
-		case sig := <-sigs:
-			if name := SignalName(sig.(unix.Signal)); name != "" {
-				sendBody(conn, MsgSignal, Signal{Name: name})
-			}
-		case r := <-msgs:
-			if r.err != nil {
-				return 1, r.err
-			}
-			if r.m.Type == MsgExit {
-				return exitCode(r.m)
-			}
+		m, err := c.recv(conn)
+		if err != nil {
+			return 1, err
 		}
+		if m.Type == MsgExit {
+			return exitCode(m)
+		}
+	}
+}
+
+// forwardAfter is how long a command without a pty runs before nest
+// escalate catches its own SIGINT, SIGTERM, SIGHUP and SIGQUIT to send
+// them on. Catching them costs 0.6 ms here (os/signal starts two threads
+// and hands each signal to one of them and back), a tenth of an
+// escalation of true, so a command that ends sooner never pays it. Until
+// then such a signal ends nest escalate as if it caught none, and the
+// parent hangs the session up, as for any client that goes away: the
+// command gets SIGHUP.
+var forwardAfter = 10 * time.Millisecond
+
+// A forwarder sends the signals this process gets to a session.
+type forwarder struct {
+	ch    chan os.Signal
+	timer *time.Timer
+	ready chan struct{} // closed once the signals are caught
+
+	mu       sync.Mutex
+	stopped  bool
+	catching bool
+}
+
+// forwardSignals forwards sigs to the session on conn from after on, until
+// stop.
+func forwardSignals(conn *Conn, sigs []os.Signal, after time.Duration) *forwarder {
+	fw := &forwarder{ch: make(chan os.Signal, 8), ready: make(chan struct{})}
+	fw.timer = time.AfterFunc(after, func() {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		if fw.stopped {
+			return
+		}
+		signal.Notify(fw.ch, sigs...)
+		fw.catching = true
+		close(fw.ready)
+		go func() {
+			for sig := range fw.ch {
+				if name := SignalName(sig.(unix.Signal)); name != "" {
+					sendBody(conn, MsgSignal, Signal{Name: name})
+				}
+			}
+		}()
+	})
+	return fw
+}
+
+// stop ends the forwarding. It does not wait for os/signal to let go of
+// the signals (signal.Stop hands each to a thread of the runtime's and
+// back, 0.2 ms here, and nest escalate exits right after): until it has,
+// a signal is caught and dropped.
+func (fw *forwarder) stop() {
+	fw.timer.Stop()
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.stopped = true
+	if fw.catching {
+		go func() {
+			signal.Stop(fw.ch)
+			close(fw.ch) // ends the forwarding goroutine: nothing sends on ch after Stop
+		}()
 	}
 }
 
@@ -322,7 +411,7 @@ func isTerminal(f *os.File) bool { return f != nil && term.IsTerminal(int(f.Fd()
 
 // sign makes the SSHSIG of message with a key the parent accepts: one of
 // the agent's, else one of the key files.
-func (c *Client) sign(h *Hello, message []byte) ([]byte, error) {
+func (c *Client) sign(h *Hello, message []byte, warm <-chan map[string]ssh.Signer) ([]byte, error) {
 	accepted := func(k ssh.PublicKey) bool {
 		return len(h.Keys) == 0 || slices.Contains(h.Keys, ssh.FingerprintSHA256(k))
 	}
@@ -359,8 +448,15 @@ func (c *Client) sign(h *Hello, message []byte) ([]byte, error) {
 			}
 		}
 	}
+	var loaded map[string]ssh.Signer
+	if warm != nil {
+		loaded = <-warm
+	}
 	for _, f := range files {
-		signer, err := c.loadKey(f)
+		signer, err := loaded[f], error(nil)
+		if signer == nil {
+			signer, err = c.loadKey(f)
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -390,6 +486,65 @@ func (c *Client) sign(h *Hello, message []byte) ([]byte, error) {
 	return nil, fmt.Errorf("the parent wants a signature by one of %s; tried %s", want, strings.Join(tried, ", "))
 }
 
+// mayUseKeyFile says whether this escalation may sign with a key file:
+// --key was given, or there is no agent and ~/.ssh/id_ed25519 exists.
+func (c *Client) mayUseKeyFile() bool {
+	if len(c.KeyFiles) > 0 {
+		return true
+	}
+	if c.AgentSocket != "" {
+		return false
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(home, ".ssh", "id_ed25519"))
+	return err == nil
+}
+
+// warmUp does, while the request travels and the parent answers, what
+// signing with a key file costs the first time in a process: it reads
+// and parses the --key files that need no passphrase (delivered on the
+// channel, for sign) and pages in the signing code and the JSON encoder
+// of the auth message. Nothing of the user's is signed; if the parent's
+// method is not key, the work is lost, on another CPU.
+func (c *Client) warmUp() <-chan map[string]ssh.Signer {
+	out := make(chan map[string]ssh.Signer, 1)
+	files := slices.Clone(c.KeyFiles)
+	go func() {
+		loaded := make(map[string]ssh.Signer)
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil {
+				if s, err := parseKey(b, nil); err == nil {
+					loaded[f] = s
+				}
+			}
+		}
+		signEd25519(make(ed25519.PrivateKey, ed25519.PrivateKeySize), nil)
+		if body, err := jsonBody(Auth{Signature: make([]byte, 64)}); err == nil {
+			json.Marshal(&Message{Type: MsgAuth, Body: body})
+		}
+		out <- loaded
+	}()
+	return out
+}
+
+// parseKey reads a private key, with its passphrase if not nil.
+func parseKey(b, passphrase []byte) (ssh.Signer, error) {
+	var key any
+	var err error
+	if passphrase == nil {
+		key, err = ssh.ParseRawPrivateKey(b)
+	} else {
+		key, err = ssh.ParseRawPrivateKeyWithPassphrase(b, passphrase)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return signerOf(key)
+}
+
 // loadKey reads a private key file, asking for its passphrase if it has
 // one.
 func (c *Client) loadKey(path string) (ssh.Signer, error) {
@@ -397,7 +552,7 @@ func (c *Client) loadKey(path string) (ssh.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := ssh.ParsePrivateKey(b)
+	s, err := parseKey(b, nil)
 	var missing *ssh.PassphraseMissingError
 	if errors.As(err, &missing) {
 		if c.Ask == nil {
@@ -407,7 +562,7 @@ func (c *Client) loadKey(path string) (ssh.Signer, error) {
 		if aerr != nil {
 			return nil, aerr
 		}
-		s, err = ssh.ParsePrivateKeyWithPassphrase(b, []byte(pass))
+		s, err = parseKey(b, []byte(pass))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)

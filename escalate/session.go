@@ -61,9 +61,12 @@ type session struct {
 }
 
 // runSession runs pl for the client on conn until the command exits and
-// returns its status. stdio (the client's stdin, stdout and stderr, or
-// nil for a pty) is closed before it returns.
-func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string) (Exit, error) {
+// returns its status, and a cleanup to call once the client has it (the
+// session's cgroup is removed only when its last process is gone, which
+// may take a moment after cgroup.kill). stdio (the client's stdin, stdout
+// and stderr, or nil for a pty) is closed before it returns.
+func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string) (_ Exit, cleanup func(), _ error) {
+	cleanup = func() {}
 	defer func() {
 		for _, f := range stdio {
 			f.Close()
@@ -78,14 +81,14 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	if os.Geteuid() == 0 {
 		sys.Credential = &syscall.Credential{Uid: pl.as.uid, Gid: pl.as.gid, Groups: pl.as.groups}
 	} else if uint32(os.Geteuid()) != pl.as.uid {
-		return Exit{}, fmt.Errorf("the broker does not run as root and cannot become %s", pl.as.name)
+		return Exit{}, cleanup, fmt.Errorf("the broker does not run as root and cannot become %s", pl.as.name)
 	}
 	var slave *os.File
 	if pl.pty {
 		var err error
 		s.master, slave, err = OpenPTY()
 		if err != nil {
-			return Exit{}, err
+			return Exit{}, cleanup, err
 		}
 		defer s.master.Close()
 		if pl.rows > 0 && pl.cols > 0 {
@@ -125,19 +128,14 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	stdio = nil
 	if err != nil {
 		s.removeCgroup()
-		return Exit{}, fmt.Errorf("start %s: %v", pl.path, errors.Unwrap(err))
+		return Exit{}, cleanup, fmt.Errorf("start %s: %v", pl.path, errors.Unwrap(err))
 	}
 	s.cmd = cmd
-	defer s.removeCgroup()
 	if err := conn.Send(&Message{Type: MsgStarted}); err != nil {
 		s.kill()
 	}
 
 	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		s.waitExit()
-	}()
 	output := make(chan struct{})
 	if s.master != nil {
 		go func() {
@@ -149,7 +147,10 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	}
 	go s.serveClient(exited)
 
-	<-exited
+	// Waited for here, not in a goroutine of its own: the exit goes to
+	// the client without a hop between threads.
+	s.waitExit()
+	close(exited)
 	if s.master != nil {
 		// What the command wrote before it exited is still to be read;
 		// anything it left behind gets a moment more.
@@ -157,7 +158,7 @@ func (b *Broker) runSession(conn *Conn, pl *plan, stdio []*os.File, child string
 	}
 	<-output
 	s.kill() // what is left of the session
-	return exitOf(cmd.ProcessState), nil
+	return exitOf(cmd.ProcessState), s.removeCgroup, nil
 }
 
 // waitExit waits until the command has exited without reaping it, marks
