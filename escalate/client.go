@@ -243,12 +243,12 @@ func exitCode(m *Message) (int, error) {
 var forwarded = []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
 
 // fdSession waits for the command, which runs on this process's own
-// stdin, stdout and stderr, forwarding signals once it has run for
-// forwardAfter. The exit message is read here, not handed over by another
-// goroutine: it ends nest escalate, and each hop between threads is time.
+// stdin, stdout and stderr, forwarding signals. The exit message is read
+// here, not handed over by another goroutine: it ends nest escalate, and
+// each hop between threads is time.
 func (c *Client) fdSession(conn *Conn) (int, error) {
 	if c.ForwardSignals {
-		fw := forwardSignals(conn, forwarded, forwardAfter)
+		fw := forwardSignals(conn, forwarded)
 		defer fw.stop()
 	}
 	for {
@@ -262,20 +262,9 @@ func (c *Client) fdSession(conn *Conn) (int, error) {
 	}
 }
 
-// forwardAfter is how long a command without a pty runs before nest
-// escalate catches its own SIGINT, SIGTERM, SIGHUP and SIGQUIT to send
-// them on. Catching them costs 0.6 ms here (os/signal starts two threads
-// and hands each signal to one of them and back), a tenth of an
-// escalation of true, so a command that ends sooner never pays it. Until
-// then such a signal ends nest escalate as if it caught none, and the
-// parent hangs the session up, as for any client that goes away: the
-// command gets SIGHUP.
-var forwardAfter = 10 * time.Millisecond
-
 // A forwarder sends the signals this process gets to a session.
 type forwarder struct {
 	ch    chan os.Signal
-	timer *time.Timer
 	ready chan struct{} // closed once the signals are caught
 
 	mu       sync.Mutex
@@ -283,11 +272,16 @@ type forwarder struct {
 	catching bool
 }
 
-// forwardSignals forwards sigs to the session on conn from after on, until
-// stop.
-func forwardSignals(conn *Conn, sigs []os.Signal, after time.Duration) *forwarder {
+// forwardSignals forwards sigs to the session on conn until stop. It
+// starts to catch them in the background: os/signal costs 0.6 ms here (it
+// starts two threads and hands each signal to one of them and back), a
+// tenth of an escalation of true, which then overlaps with the command.
+// A signal that comes first ends nest escalate as if it caught none, and
+// the parent hangs the session up, as for any client that goes away: the
+// command gets SIGHUP.
+func forwardSignals(conn *Conn, sigs []os.Signal) *forwarder {
 	fw := &forwarder{ch: make(chan os.Signal, 8), ready: make(chan struct{})}
-	fw.timer = time.AfterFunc(after, func() {
+	go func() {
 		fw.mu.Lock()
 		defer fw.mu.Unlock()
 		if fw.stopped {
@@ -303,7 +297,7 @@ func forwardSignals(conn *Conn, sigs []os.Signal, after time.Duration) *forwarde
 				}
 			}
 		}()
-	})
+	}()
 	return fw
 }
 
@@ -312,7 +306,6 @@ func forwardSignals(conn *Conn, sigs []os.Signal, after time.Duration) *forwarde
 // back, 0.2 ms here, and nest escalate exits right after): until it has,
 // a signal is caught and dropped.
 func (fw *forwarder) stop() {
-	fw.timer.Stop()
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	fw.stopped = true
