@@ -147,6 +147,14 @@ func runSandbox(args []string) int {
 		return fail("%v", err)
 	}
 	defer link.Close()
+	// The spec waits in the link for the sandbox's init, which reads it
+	// first thing.
+	body, _ := json.Marshal(spec)
+	if err := link.Send(&escalate.Message{Type: "spec", Body: body}); err != nil {
+		childLink.Close()
+		unix.Close(base)
+		return fail("sending the spec: %v", err)
+	}
 
 	reaper := supervise.NewReaper()
 
@@ -181,12 +189,6 @@ func runSandbox(args []string) int {
 		return fail("%v", err)
 	}
 	defer p.Close()
-	body, _ := json.Marshal(spec)
-	if err := link.Send(&escalate.Message{Type: "spec", Body: body}); err != nil {
-		p.Signal(unix.SIGKILL)
-		<-p.Done()
-		return fail("sending the spec: %v", err)
-	}
 	// The sandbox's init may have ended before SIGCHLD was enabled: reap
 	// once by hand after.
 	<-notified
@@ -266,14 +268,19 @@ func runInit(args []string, sigs chan os.Signal) int {
 	if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
 		return fail("hostname: %v", err)
 	}
+	// lo comes up on another thread while this one builds the root.
+	loUp := make(chan error, 1)
 	if spec.OwnNet {
-		if err := nestnet.LoopbackUp(); err != nil {
-			return fail("%v", err)
-		}
+		go func() { loUp <- nestnet.LoopbackUp() }()
+	} else {
+		loUp <- nil
 	}
 	root := mounts.Root{Base: 4, Binds: spec.Binds, PrivateTmp: true, MinimalDev: true,
 		ProtectProc: true, ProtectSys: true, OwnNet: spec.OwnNet}
 	if err := root.Build(); err != nil {
+		return fail("%v", err)
+	}
+	if err := <-loUp; err != nil {
 		return fail("%v", err)
 	}
 	unix.Close(4)

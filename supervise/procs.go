@@ -65,6 +65,13 @@ func parentOf(pid int) (int, bool) {
 // caller must be PID 1 or a subreaper, so that orphans come back to it and
 // are reaped here. It reports whether it had to use SIGKILL.
 func (r *Reaper) KillDescendants(grace time.Duration) bool {
+	// Every descendant's chain of parents ends at a child of this process
+	// (an orphan's parent is this process): no child, no descendant, and
+	// no need to read /proc.
+	r.Reap()
+	if !r.HasChildren() {
+		return false
+	}
 	self := os.Getpid()
 	signalAll := func(sig unix.Signal) {
 		below := Descendants(self)
