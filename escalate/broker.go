@@ -48,6 +48,9 @@ type Broker struct {
 	// Cgroup is a cgroup v2 directory under which each session gets its
 	// own (killed when the session ends); "" for none.
 	Cgroup string
+	// LimitsFile keeps the children's failure counts and lockouts across
+	// restarts of the broker (limit.go); "" keeps them in memory only.
+	LimitsFile string
 
 	mu       sync.Mutex
 	children map[string]*childSocket
@@ -58,6 +61,7 @@ type Broker struct {
 	sessions uint64
 	hashing  chan struct{} // one password check at a time
 	done     bool
+	saveMu   sync.Mutex // one writer of LimitsFile at a time
 }
 
 type childSocket struct {
@@ -79,14 +83,15 @@ type pendingRequest struct {
 func (b *Broker) init() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.Logf == nil {
+		b.Logf = func(string, ...any) {}
+	}
 	if b.children == nil {
 		b.children = make(map[string]*childSocket)
 		b.limits = make(map[string]*limiter)
 		b.pending = make(map[uint64]*pendingRequest)
 		b.hashing = make(chan struct{}, 1)
-	}
-	if b.Logf == nil {
-		b.Logf = func(string, ...any) {}
+		b.loadLimits()
 	}
 }
 
@@ -444,10 +449,14 @@ func (b *Broker) prove(c *childSocket, conn *Conn, pol *Policy, keys []ssh.Publi
 		return &refusal{"refused", fmt.Sprintf("unknown method %s", quote(pol.Method))}
 	}
 	if ok {
-		c.limit.succeed()
+		if c.limit.succeed() {
+			b.saveLimits()
+		}
 		return nil
 	}
-	time.Sleep(c.limit.fail(time.Now()))
+	delay := c.limit.fail(time.Now())
+	b.saveLimits() // before the answer: a broker that dies now has counted it
+	time.Sleep(delay)
 	return &refusal{"failed", why}
 }
 

@@ -67,12 +67,19 @@ type testBroker struct {
 
 func newTestBroker(t testing.TB) *testBroker {
 	t.Helper()
+	return newTestBrokerWith(t, "")
+}
+
+// newTestBrokerWith is newTestBroker with the broker's LimitsFile.
+func newTestBrokerWith(t testing.TB, limitsFile string) *testBroker {
+	t.Helper()
 	requireRoot(t)
 	init, end := pair(t)
 	tb := &testBroker{ctl: init, audit: new(lockedBuffer), log: new(lockedBuffer)}
 	tb.b = &Broker{
-		Logf:  func(format string, args ...any) { fmt.Fprintf(tb.log, format+"\n", args...) },
-		Audit: &Audit{console: tb.audit, now: time.Now},
+		Logf:       func(format string, args ...any) { fmt.Fprintf(tb.log, format+"\n", args...) },
+		Audit:      &Audit{console: tb.audit, now: time.Now},
+		LimitsFile: limitsFile,
 	}
 	done := make(chan error, 1)
 	go func() { done <- tb.b.Serve(end) }()
@@ -521,6 +528,45 @@ func TestBrokerPassword(t *testing.T) {
 	tb.waitAudit(t, "child=carol", "result=refused", "locked out")
 	// No terminal to ask on: a clear error, nothing sent.
 	run(t, sock, []string{"true"}).fails(t, "no Ask", "no terminal to ask it on")
+}
+
+// TestBrokerLimitsSurviveRestart: a child's failures and lockout are in
+// the limits file, so a new broker (after the old one died) goes on
+// counting and keeps the lockout; a file that is not JSON starts anew.
+func TestBrokerLimitsSurviveRestart(t *testing.T) {
+	limits := filepath.Join(t.TempDir(), "limits.json")
+	hash, err := HashPassword("right")
+	if err != nil {
+		t.Fatal(err)
+	}
+	failureDelay = time.Millisecond
+	defer func() { failureDelay = 500 * time.Millisecond }()
+	with := func(pw string) func(*Client) {
+		return func(c *Client) { c.Ask = func(string) (string, error) { return pw, nil } }
+	}
+	policy := Policy{Method: MethodPassword, PasswordHash: hash}
+
+	first := newTestBrokerWith(t, limits)
+	sock := first.listen(t, "carol", policy)
+	for range MaxFailures - 1 {
+		run(t, sock, []string{"true"}, with("wrong")).refused(t, "wrong password", "wrong password")
+	}
+	second := newTestBrokerWith(t, limits)
+	sock = second.listen(t, "carol", policy)
+	run(t, sock, []string{"true"}, with("wrong")).refused(t, "last wrong password", "wrong password")
+	third := newTestBrokerWith(t, limits)
+	sock = third.listen(t, "carol", policy)
+	run(t, sock, []string{"true"}, with("right")).refused(t, "right password after lockout and restart", "locked out")
+
+	if err := os.WriteFile(limits, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fourth := newTestBrokerWith(t, limits)
+	sock = fourth.listen(t, "carol", policy)
+	run(t, sock, []string{"true"}, with("right")).ok(t, "right password, counts lost")
+	if !strings.Contains(fourth.log.String(), "they start anew") {
+		t.Errorf("an unreadable limits file is not reported: %q", fourth.log.String())
+	}
 }
 
 func TestBrokerConfirm(t *testing.T) {

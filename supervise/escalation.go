@@ -358,6 +358,9 @@ func (e *escalation) spawn() (*brokerRun, error) {
 	if opts.LogDir != "" {
 		argv = append(argv, "--audit", filepath.Join(opts.LogDir, "escalate.log"))
 	}
+	if opts.RunDir != "" {
+		argv = append(argv, "--limits", filepath.Join(opts.RunDir, "escalate-limits.json"))
+	}
 	sys := &syscall.SysProcAttr{Setsid: true}
 	if opts.WorkloadUserns {
 		// Sessions run where this init's services run: in a further user
@@ -520,13 +523,14 @@ func (s *Supervisor) stopEscalation() {
 }
 
 // RunBroker is the broker process (nest BrokerMode [--audit FILE]
-// [--cgroup DIR]): it serves the escalation sockets its init hands it on
+// [--cgroup DIR] [--limits FILE]): it serves the escalation sockets its init hands it on
 // fd 3 until the init hangs up, logging to stderr (the init's console).
 func RunBroker(args []string) int {
 	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "nest: "+format+"\n", a...) }
 	fl := flag.NewFlagSet("nest "+BrokerMode, flag.ContinueOnError)
 	auditPath := fl.String("audit", "", "audit log `file`")
 	cgroupDir := fl.String("cgroup", "", "cgroup v2 `dir` for sessions")
+	limits := fl.String("limits", "", "`file` that keeps the failure counts across restarts")
 	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
 		logf("%s: an internal mode of nest, started by an init", BrokerMode)
 		return 2
@@ -548,7 +552,7 @@ func RunBroker(args []string) int {
 		audit, _ = escalate.OpenAudit("", os.Stderr)
 	}
 	defer audit.Close()
-	b := &escalate.Broker{Logf: logf, Audit: audit, Cgroup: *cgroupDir}
+	b := &escalate.Broker{Logf: logf, Audit: audit, Cgroup: *cgroupDir, LimitsFile: *limits}
 	if err := b.Serve(ctl); err != nil && !errors.Is(err, io.EOF) {
 		logf("%s: %v", BrokerMode, err)
 		return 1
