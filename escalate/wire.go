@@ -36,6 +36,7 @@ var Types = map[string]bool{
 	"state":    true, // child → parent: a unit changed, in Body
 	"subtree":  true, // request and reply: the child's units, for nest ls --tree
 	"act":      true, // parent → child: start, stop, restart or status of a unit path, in Body; the reply: its status
+	"logs":     true, // parent → child: a chunk of a unit path's log from a cursor, in Body; the reply: the chunk
 	"shutdown": true, // parent → child: stop your subtree; Body says poweroff or reboot
 	"shell":    true, // parent → child: a shell in a container, with the session socket attached; the reply: none
 	"net":      true, // parent → child init of a veth container, once after the spec: its address, resolvers, hosts, subnet

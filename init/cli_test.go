@@ -182,7 +182,7 @@ func TestUpContainerTree(t *testing.T) {
 	if out := cliOK("status", path); !strings.HasPrefix(out, path+": running (pid ") {
 		t.Errorf("nest status %s after the restart = %q", path, out)
 	}
-	for _, args := range [][]string{{"status", name + "/nope"}, {"status", svc + "/x"}, {"logs", path}, {"status", "Web/x"}} {
+	for _, args := range [][]string{{"status", name + "/nope"}, {"status", svc + "/x"}, {"logs", name + "/nope"}, {"status", "Web/x"}} {
 		if out, errOut, code := nestCLI(ctx, append([]string{"--socket", f.sock}, args...)...); code != 1 {
 			t.Errorf("nest %s = %d %q %q, want 1", strings.Join(args, " "), code, out, errOut)
 		}

@@ -139,6 +139,18 @@ exec = ["/bin/sh", "-c", "grep ^alice: /etc/passwd; exec sleep 1000"]
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// The leaf's log two links down, as dev's init keeps it; followed, it
+	// stays open for what comes.
+	if out, errOut, code := nestCLI(ctx, "--socket", sock, "logs", "alice/dev/leaf"); code != 0 || !strings.Contains(out, "alice:x:0:0:") {
+		t.Errorf("nest logs alice/dev/leaf = %d %q %q, want the leaf's passwd line", code, out, errOut)
+	}
+	followCtx, stopFollow := context.WithTimeout(ctx, 2*time.Second)
+	out, _, code := nestCLI(followCtx, "--socket", sock, "logs", "-f", "alice/dev/leaf")
+	stopFollow()
+	if code != -1 || !strings.Contains(out, "alice:x:0:0:") {
+		t.Errorf("nest logs -f alice/dev/leaf = %d %q, want the leaf's passwd line and still following after 2 s", code, out)
+	}
+
 	// Every process of alice's tree, held by pidfds (pids could be reused).
 	alice := unitAt(tree, "alice")
 	mappedRoot(t, alice.Pid)

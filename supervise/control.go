@@ -261,7 +261,7 @@ func (c *Control) unitPath(w *reply, r *request, path, action string, want func(
 	case "start", "stop", "restart":
 	case "logs":
 		if want("GET") {
-			w.error(501, fmt.Errorf("logs of %s: not supported yet for a unit inside a container (nest logs in its container shows them)", path))
+			c.nestedLogs(w, r, path)
 		}
 		return
 	default:
@@ -272,10 +272,17 @@ func (c *Control) unitPath(w *reply, r *request, path, action string, want func(
 		return
 	}
 	st, err := c.Sup.Act(r.ctx, action, path, c.StartTimeout)
+	if err != nil {
+		pathErrorReply(w, err)
+		return
+	}
+	w.json(200, st)
+}
+
+// pathErrorReply answers a request on a unit path that failed with err.
+func pathErrorReply(w *reply, err error) {
 	var pe *pathError
 	switch {
-	case err == nil:
-		w.json(200, st)
 	case errors.Is(err, errNoUnit):
 		w.error(404, err)
 	case errors.Is(err, errBadPath):

@@ -251,7 +251,7 @@ func (c *containerRun) dispatch(m *escalate.Message) {
 		// Allowed unasked; nothing uses it yet.
 	case msgSubnet:
 		c.subnetRequest(m)
-	case msgSubtree, msgAct, msgShell, msgError:
+	case msgSubtree, msgAct, msgShell, msgLogs, msgError:
 		delivered, issued := c.reqs.answer(m)
 		switch {
 		case delivered:
@@ -428,7 +428,7 @@ func (p *ParentLink) Serve(sup *Supervisor, shutdown func(action string), logf f
 		case msgSubnet, msgError:
 			// Answers to this init's own requests.
 			p.reply(m, logf)
-		case msgSubtree, msgAct, msgShell:
+		case msgSubtree, msgAct, msgShell, msgLogs:
 			if m.ID == 0 {
 				logf("link: %s request without an id, ignored", m.Type)
 				if session != nil {
@@ -481,7 +481,7 @@ func (p *ParentLink) refuse(id uint64, text string, logf func(string, ...any)) {
 	}
 }
 
-// answer makes the reply to one subtree, act or shell request; it owns
+// answer makes the reply to one subtree, act, logs or shell request; it owns
 // session (a shell's).
 func (p *ParentLink) answer(ctx context.Context, sup *Supervisor, m *escalate.Message, session *os.File) (*escalate.Message, error) {
 	switch m.Type {
@@ -498,6 +498,8 @@ func (p *ParentLink) answer(ctx context.Context, sup *Supervisor, m *escalate.Me
 		timeout := min(max(time.Duration(q.TimeoutMS)*time.Millisecond, 0), TreeTimeout-treeMargin)
 		units := sup.Tree(ctx, depth, timeout)
 		return &escalate.Message{Type: msgSubtree, Body: fitReply(units, subtreeReplyLimit)}, nil
+	case msgLogs:
+		return answerLogs(ctx, sup, m)
 	case msgAct:
 		var q actRequest
 		if err := escalate.DecodeBody(m, &q); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,18 +157,10 @@ func TestLinkTree(t *testing.T) {
 func TestLinkControl(t *testing.T) {
 	root, _ := newTestSupervisor(t)
 	alice, _ := newTestSupervisor(t)
-	alice.Apply([]Spec{sleeper("sshd")})
+	alice.Apply([]Spec{svc("sshd", config.RestartNo, "/bin/sh", "-c", "echo sshd up; exec sleep 60")})
 	waitRunning(t, alice, "sshd")
 	serveChild(t, fakeContainer(t, root, "alice", config.KindUser), alice)
-	sock := filepath.Join(t.TempDir(), "nest.sock")
-	l, err := ListenControl(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &Control{Sup: root, Version: "test"}
-	go srv.Serve(l)
-	defer srv.Close()
-	c := NewClient(sock)
+	c, sock := serveControl(t, &Control{Sup: root, Version: "test"})
 	ctx := context.Background()
 
 	list, err := c.Tree(ctx)
@@ -189,8 +182,18 @@ func TestLinkControl(t *testing.T) {
 		t.Errorf("start alice/sshd = %+v, %v", st, err)
 	}
 	var out strings.Builder
-	if err := c.Logs(ctx, "alice/sshd", false, &out); err == nil || !strings.Contains(err.Error(), "not supported yet") {
-		t.Errorf("Logs(alice/sshd) = %v, want not supported yet", err)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		out.Reset()
+		err := c.Logs(ctx, "alice/sshd", false, &out)
+		// Started twice above: once or twice, by now.
+		if err == nil && strings.HasPrefix(out.String(), "sshd up\n") && strings.Count(out.String(), "sshd up") <= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("Logs(alice/sshd) = %q, %v; want sshd's output", out.String(), err)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	raw := []struct {
 		method, path string
@@ -204,7 +207,8 @@ func TestLinkControl(t *testing.T) {
 		{"GET", "/v1/units/alice%2FSSHD", 400, "bad unit path"},
 		{"POST", "/v1/units/alice%2Fsshd", 405, "want GET"},
 		{"GET", "/v1/units/alice%2Fsshd/stop", 405, "want POST"},
-		{"GET", "/v1/units/alice%2Fsshd/logs", 501, "not supported yet"},
+		{"GET", "/v1/units/alice%2Fsshd/logs", 200, "sshd up"},
+		{"GET", "/v1/units/alice%2Fnope/logs", 409, "no unit named"},
 		{"GET", "/v1/units/a/b/c/d", 404, "%2F"},
 		{"GET", "/v1/units/alice%zz", 400, ""},
 	}
@@ -653,5 +657,59 @@ func TestMemoryInStatus(t *testing.T) {
 	b, _ := json.Marshal(u.Status())
 	if strings.Contains(string(b), "memory") {
 		t.Errorf("status without memory has the field: %s", b)
+	}
+}
+
+// TestLinkLogsHostileChild: a child's logs answers are checked (a chunk
+// over the limit, a cursor beyond the end or before its own bytes are
+// refused), and a reading that does not follow ends when a child's cursor
+// does not move, however much the child claims to have.
+func TestLinkLogsHostileChild(t *testing.T) {
+	root, _ := newTestSupervisor(t)
+	link := fakeContainer(t, root, "alice", config.KindUser)
+	var answer atomic.Value // func(*escalate.Message) []*escalate.Message
+	hostileChild(t, link, func(m *escalate.Message) []*escalate.Message {
+		return answer.Load().(func(*escalate.Message) []*escalate.Message)(m)
+	})
+	chunk := func(c LogChunk) func(*escalate.Message) []*escalate.Message {
+		return func(m *escalate.Message) []*escalate.Message {
+			b, _ := json.Marshal(c)
+			return []*escalate.Message{{Type: msgLogs, ID: m.ID, Body: b}}
+		}
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		c    LogChunk
+	}{
+		{"too big", LogChunk{Data: make([]byte, logsChunk+1), Cursor: logsChunk + 1, End: logsChunk + 1}},
+		{"cursor beyond the end", LogChunk{Data: []byte("x"), Cursor: 10, End: 5}},
+		{"cursor before its bytes", LogChunk{Data: []byte("xyz"), Cursor: 1, End: 5}},
+	} {
+		answer.Store(chunk(tc.c))
+		if _, err := root.LogChunk(ctx, "alice/x", 0, 0); err == nil || !strings.Contains(err.Error(), "invalid answer") {
+			t.Errorf("%s: LogChunk = %v, want an invalid answer", tc.name, err)
+		}
+	}
+	answer.Store(func(m *escalate.Message) []*escalate.Message {
+		return []*escalate.Message{{Type: msgLogs, ID: m.ID, Body: json.RawMessage(`{"data":"eA==","cursor":"1"}`)}}
+	})
+	if _, err := root.LogChunk(ctx, "alice/x", 0, 0); err == nil {
+		t.Error("a malformed answer is taken")
+	}
+
+	// Always the same byte at the same cursor, with an end far away.
+	answer.Store(chunk(LogChunk{Data: []byte("x"), Cursor: 1, End: 1 << 40}))
+	_, sock := serveControl(t, &Control{Sup: root, Version: "test"})
+	var out strings.Builder
+	done := make(chan error, 1)
+	go func() { done <- NewClient(sock).Logs(ctx, "alice/x", false, &out) }()
+	select {
+	case err := <-done:
+		if err != nil || out.String() != "x" {
+			t.Errorf("Logs of a child that does not move on = %q, %v; want the first answer's byte only", out.String(), err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Logs never ends on a child whose cursor does not move")
 	}
 }

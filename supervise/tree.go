@@ -124,30 +124,45 @@ func (s *Supervisor) Act(ctx context.Context, action, path string, startTimeout 
 	default:
 		return Status{}, &pathError{errBadPath, fmt.Sprintf("no action %s (status, start, stop, restart)", quoteName(action))}
 	}
-	names, err := splitPath(path)
+	u, rest, run, err := s.resolvePath(path)
 	if err != nil {
 		return Status{}, err
 	}
-	u, ok := s.Unit(names[0])
-	if !ok {
-		return Status{}, &pathError{errNoUnit, fmt.Sprintf("no unit named %q", names[0])}
-	}
-	if len(names) == 1 {
+	if run == nil {
 		return s.actLocal(ctx, action, u, startTimeout), nil
 	}
-	if u.spec.Container == nil {
-		return Status{}, &pathError{errNoUnit, fmt.Sprintf("%s is a service, not a container: it has no unit %s", names[0], strings.Join(names[1:], "/"))}
-	}
-	run := u.currentLink()
-	if run == nil || u.Status().State != StateRunning {
-		return Status{}, &pathError{errNotRunning, fmt.Sprintf("container %s is not running", names[0])}
-	}
-	st, err := run.act(ctx, action, strings.Join(names[1:], "/"))
+	st, err := run.act(ctx, action, rest)
 	if err != nil {
-		return Status{}, &pathError{nil, fmt.Sprintf("%s: %v", names[0], err)}
+		return Status{}, &pathError{nil, fmt.Sprintf("%s: %v", u.spec.Name, err)}
 	}
 	st.Name = path
 	return st, nil
+}
+
+// resolvePath finds the unit named by path's first name. For a longer
+// path it also checks that the unit is a running container, and returns
+// its link and the rest of the path (relative to the container).
+func (s *Supervisor) resolvePath(path string) (u *Unit, rest string, run *containerRun, err error) {
+	names, err := splitPath(path)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	u, ok := s.Unit(names[0])
+	if !ok {
+		return nil, "", nil, &pathError{errNoUnit, fmt.Sprintf("no unit named %q", names[0])}
+	}
+	if len(names) == 1 {
+		return u, "", nil, nil
+	}
+	rest = strings.Join(names[1:], "/")
+	if u.spec.Container == nil {
+		return nil, "", nil, &pathError{errNoUnit, fmt.Sprintf("%s is a service, not a container: it has no unit %s", names[0], rest)}
+	}
+	run = u.currentLink()
+	if run == nil || u.Status().State != StateRunning {
+		return nil, "", nil, &pathError{errNotRunning, fmt.Sprintf("container %s is not running", names[0])}
+	}
+	return u, rest, run, nil
 }
 
 // actLocal runs action on one of this supervisor's units.
