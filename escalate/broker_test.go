@@ -1001,3 +1001,40 @@ func TestBrokerFromUserNamespace(t *testing.T) {
 	}
 	tb.waitAudit(t, "child=alice", fmt.Sprintf("uid=%d", base), "result=exited")
 }
+
+// TestBrokerConnectionCap: a child holds maxConnsPerChild connections
+// that send nothing; one more is told why it is turned away (never a bare
+// broken pipe, though the parent may hang up before it read the request),
+// and once they are gone the child is served again.
+func TestBrokerConnectionCap(t *testing.T) {
+	tb := newTestBroker(t)
+	sock := tb.listen(t, "alice", Policy{Method: MethodAllow})
+	var held []*Conn
+	for range maxConnsPerChild {
+		c, err := Dial(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if m, _, err := c.Recv(); err != nil || m.Type != MsgHello {
+			t.Fatalf("a held connection: %+v, %v; want a hello", m, err)
+		}
+	}
+	for range 20 {
+		run(t, sock, []string{"true"}).fails(t, "one too many", "too many escalations of this container under way")
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		r := run(t, sock, []string{"true"})
+		if r.err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the held connections closed: %v", r.err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

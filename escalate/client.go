@@ -94,8 +94,21 @@ func dialSend(path string, packet []byte, fds []*os.File) (*Conn, error) {
 				}
 			}
 		})
-		if err != nil {
+		if err != nil && !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNRESET) {
 			unix.Close(fd)
+			return nil, fmt.Errorf("escalate: send request: %w", err)
+		}
+		if err != nil {
+			// The parent hung up before it read the request; why, if
+			// it said, waits to be read.
+			unix.SetNonblock(fd, true)
+			conn := newConn(os.NewFile(uintptr(fd), path))
+			conn.SetReadDeadline(time.Now().Add(helloWait))
+			m, _, rerr := conn.Recv()
+			conn.Close()
+			if rerr == nil && m.Type == MsgError {
+				return nil, &ExitError{Msg: m.Error}
+			}
 			return nil, fmt.Errorf("escalate: send request: %w", err)
 		}
 	}

@@ -311,6 +311,12 @@ func (c *Conn) Recv() (*Message, []*os.File, error) {
 			buf = recvBufs.Get().(*[MaxMessage + 1]byte)
 		}
 		n, oobn, flags, rerr = recvmsg(int(fd), buf[:], oob)
+		if rerr == unix.ECONNRESET {
+			// The peer closed with packets of ours unread. The kernel
+			// says so once, before the packets the peer sent: read on,
+			// so that its last words (an error, say) are not lost.
+			n, oobn, flags, rerr = recvmsg(int(fd), buf[:], oob)
+		}
 		if rerr == unix.EAGAIN {
 			return false
 		}

@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -105,6 +106,13 @@ exec    = ["/tests/pid1.test", "-test.v", "-test.run", "^TestNetwork"]
 restart = "no"
 `
 
+// networkFiles are the root's files of the network scenario.
+var networkFiles = map[string]string{
+	"/etc/hosts":       "127.0.0.1\tlocalhost\n",
+	"/etc/resolv.conf": "nameserver 192.0.2.53\nnameserver 127.0.0.53\n",
+	"/etc/hostname":    "nestvm\n",
+}
+
 // TestPID1Network boots veth, none and host containers and checks them
 // from the root and from inside (vmtest/pid1/network_test.go): names and
 // hosts updates, published ports on loopback and the bridge, outbound
@@ -119,16 +127,24 @@ func TestPID1Network(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm := &VM{
-		Kernel: TestKernel(t),
-		Disks:  []string{state},
-		Initrd: scenario{config: networkConfig, modules: Ext4Modules, files: map[string]string{
-			"/etc/hosts":       "127.0.0.1\tlocalhost\n",
-			"/etc/resolv.conf": "nameserver 192.0.2.53\nnameserver 127.0.0.53\n",
-			"/etc/hostname":    "nestvm\n",
-		}}.image(t),
+		Kernel:  TestKernel(t),
+		Disks:   []string{state},
+		Initrd:  scenario{config: networkConfig, modules: Ext4Modules, files: networkFiles}.image(t),
 		Memory:  1024,
 		Timeout: 5 * time.Minute,
 	}
 	r := RunTest(t, vm)
 	mustContain(t, r, "nest: web: ready", "nest: client: ready")
+
+	// The same system booted again on the same state disk: only
+	// TestNetworkReboot runs, and finds the first boot's addresses.
+	again := strings.Replace(networkConfig, `"^TestNetwork"`, `"^TestNetworkReboot$"`, 1)
+	if again == networkConfig {
+		t.Fatal("the network config names no ^TestNetwork to replace")
+	}
+	vm.Initrd = scenario{config: again, modules: Ext4Modules, files: networkFiles}.image(t)
+	r = RunTest(t, vm)
+	if !strings.Contains(r.Console+r.Output, "second boot: the same addresses") {
+		t.Errorf("the second boot did not compare the addresses\n%s", r.Explain())
+	}
 }

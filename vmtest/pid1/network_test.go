@@ -5,8 +5,10 @@ package pid1
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -441,4 +443,44 @@ func netState(t *testing.T) string {
 		rules += len(rs)
 	}
 	return fmt.Sprintf("links %v\nroutes %d\nchains %d, rules %d", names, len(routes), len(chains), rules)
+}
+
+// TestNetworkReboot runs last in the scenario, which boots twice on one
+// state disk (TestPID1Network). On the first boot it writes down the
+// addresses of web, client and mid/dev/leaf (three levels down, on a /24
+// the root leased under mid/dev) on that disk; on the second, where only
+// it runs, each container must have its address back: the leases outlive
+// the root.
+func TestNetworkReboot(t *testing.T) {
+	const record = "/var/lib/nest/vmtest-addresses.json"
+	now := map[string]string{}
+	for _, n := range []string{"web", "client", "mid/dev/leaf"} {
+		until(t, 90*time.Second, n+" running with an address", func() bool {
+			st := tryStatus(t, n)
+			now[n] = st.Address
+			return st.State == supervise.StateRunning && st.Address != ""
+		})
+	}
+	b, err := os.ReadFile(record)
+	if errors.Is(err, fs.ErrNotExist) {
+		data, _ := json.Marshal(now)
+		if err := os.WriteFile(record, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("first boot: %s", data)
+		return
+	}
+	var before map[string]string
+	if err == nil {
+		err = json.Unmarshal(b, &before)
+	}
+	if err != nil || len(before) != len(now) {
+		t.Fatalf("the first boot's addresses: %q, %v", b, err)
+	}
+	for n, a := range before {
+		if now[n] != a {
+			t.Errorf("%s has %s after the reboot, %s before", n, now[n], a)
+		}
+	}
+	t.Logf("second boot: the same addresses %v", now)
 }
