@@ -137,11 +137,15 @@ func TestPID1Network(t *testing.T) {
 	mustContain(t, r, "nest: web: ready", "nest: client: ready")
 
 	// The same system booted again on the same state disk: only
-	// TestNetworkReboot runs, and finds the first boot's addresses.
+	// TestNetworkReboot runs, and finds the first boot's addresses. A
+	// newcomer starts before web and takes the first free address: were
+	// the leases lost, it would take one of theirs.
 	again := strings.Replace(networkConfig, `"^TestNetwork"`, `"^TestNetworkReboot$"`, 1)
-	if again == networkConfig {
-		t.Fatal("the network config names no ^TestNetwork to replace")
+	again = strings.Replace(again, `publish = ["8080:80"]`, `publish = ["8080:80"]`+"\nafter   = [\"newcomer\"]", 1)
+	if strings.Count(again, "newcomer") != 1 || strings.Contains(again, `"^TestNetwork"`) {
+		t.Fatal("the network config changed: the second boot's edits do not apply")
 	}
+	again += "\n[container.newcomer]\nkind    = \"daemon\"\nexec    = [\"/bin/sleep\", \"100000\"]\nnetwork = \"veth\"\n"
 	vm.Initrd = scenario{config: again, modules: Ext4Modules, files: networkFiles}.image(t)
 	r = RunTest(t, vm)
 	if !strings.Contains(r.Console+r.Output, "second boot: the same addresses") {

@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"nest/statefile"
 	"nest/supervise"
 )
 
@@ -463,8 +464,9 @@ func TestNetworkReboot(t *testing.T) {
 	}
 	b, err := os.ReadFile(record)
 	if errors.Is(err, fs.ErrNotExist) {
+		// Synced: the VM ends without unmounting.
 		data, _ := json.Marshal(now)
-		if err := os.WriteFile(record, data, 0o600); err != nil {
+		if err := statefile.Write(record, data, true); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("first boot: %s", data)
