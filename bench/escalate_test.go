@@ -74,6 +74,10 @@ func BenchmarkEscalateTrue(b *testing.B) {
 	if err != nil {
 		b.Fatalf("build nest: %v", err)
 	}
+	goExit := filepath.Join(dir, "goexit")
+	if err := vmtest.BuildBinary(ctx, "./bench/testdata/goexit", goExit); err != nil {
+		b.Fatalf("build goexit: %v", err)
+	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		b.Fatal(err)
@@ -106,9 +110,14 @@ func BenchmarkEscalateTrue(b *testing.B) {
 		{metric: "sudo", label: "`sudo -n true` (NOPASSWD)", argv: []string{look("sudo"), "-n", "true"}, asUser: true, inNS: true},
 		{metric: "doas", label: "`doas -n true` (nopass)", argv: []string{look("doas"), "-n", "true"}, asUser: true, inNS: true},
 		{metric: "ssh", label: "`ssh -o BatchMode=yes root@127.0.0.1 true` (ed25519 key)", argv: sshArgv, runs: min(n, 30)},
+		// What no escalation by a Go client goes below: its own start,
+		// and the command's exec (the floor's row).
+		{metric: "go_exit", label: "a static Go program that only exits (`bench/testdata/goexit`)", argv: []string{goExit}, asUser: true, inNS: true},
 	}
-	if sshErr != nil {
-		all[len(all)-1].failed = "failed: " + firstLine(sshErr.Error())
+	for _, c := range all {
+		if c.metric == "ssh" && sshErr != nil {
+			c.failed = "failed: " + firstLine(sshErr.Error())
+		}
 	}
 
 	for b.Loop() {
@@ -418,6 +427,7 @@ func reportEscalate(b *testing.B, all []*escContender) {
 	fmt.Fprintf(&t, "\nEach command started as an unprivileged user (ssh as root), runs interleaved (each round shuffled), "+
 		"timed from fork to reaped; Linux %s, %d CPUs.\n\n", unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU())
 	t.WriteString("| command | runs | median ms | p90 ms | × sudo |\n|---|---|---|---|---|\n")
+	meds := map[string]float64{}
 	for _, c := range all {
 		if c.failed != "" || len(c.times) == 0 {
 			msg := c.failed
@@ -433,6 +443,7 @@ func reportEscalate(b *testing.B, all []*escContender) {
 			ratio = fmt.Sprintf("%.2f", med/sudo)
 		}
 		fmt.Fprintf(&t, "| %s | %d | %.2f | %.2f | %s |\n", c.label, len(c.times), med, p90, ratio)
+		meds[c.metric] = med
 		b.ReportMetric(med, c.metric+"_ms")
 		if strings.HasPrefix(c.metric, "nest") {
 			b.ReportMetric(p90, c.metric+"_p90_ms")
@@ -440,6 +451,13 @@ func reportEscalate(b *testing.B, all []*escContender) {
 				b.ReportMetric(med/sudo, c.metric+"_vs_sudo_x")
 			}
 		}
+	}
+	goExit, okGo := meds["go_exit"]
+	floor, okTrue := meds["true"]
+	if okGo && okTrue && sudo > 0 {
+		low := goExit + floor
+		fmt.Fprintf(&t, "\nA Go start and one exec, before any socket: %.2f ms, %.2f × sudo; ½ sudo is %.2f ms.\n", low, low/sudo, sudo/2)
+		b.ReportMetric(low/sudo, "go_start_and_exec_vs_sudo_x")
 	}
 	fmt.Print(t.String())
 }

@@ -439,6 +439,7 @@ func report(b *testing.B, n int, all []*contender) {
 		n, unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(), specTool())
 	t.WriteString("| command | median ms | p90 ms | × floor | sandbox |\n|---|---|---|---|---|\n")
 	var notes []string
+	meds := map[string]float64{}
 	for i, c := range all {
 		setup := c.setup
 		if i > 0 && setup == all[i-1].setup {
@@ -464,6 +465,7 @@ func report(b *testing.B, n int, all []*contender) {
 				"that hides %s, made once and held by one thread: the time is %s's alone.", c.metric, c.note, unifiedCgroup, c.metric))
 		}
 		fmt.Fprintf(&t, "| %s | %.2f | %.2f | %s | %s |\n", label, med, p90, ratio, setup)
+		meds[c.metric] = med
 		b.ReportMetric(med, c.metric+"_ms")
 		if c.must {
 			b.ReportMetric(p90, c.metric+"_p90_ms")
@@ -475,8 +477,8 @@ func report(b *testing.B, n int, all []*contender) {
 	for _, note := range notes {
 		t.WriteString("\n" + note + "\n")
 	}
-	if goExit, ok := median(all, "go_exit"); ok && floor > 0 {
-		if tr, ok := median(all, "true"); ok {
+	if goExit, ok := meds["go_exit"]; ok && floor > 0 {
+		if tr, ok := meds["true"]; ok {
 			low := 2*goExit + tr
 			fmt.Fprintf(&t, "\nTwo Go starts and one exec, before any namespace: %.2f ms, %.2f × the floor; "+
 				"1.5 × the floor is %.2f ms.\n", low, low/floor, 1.5*floor)
@@ -484,17 +486,6 @@ func report(b *testing.B, n int, all []*contender) {
 		}
 	}
 	fmt.Print(t.String())
-}
-
-// median is the median in ms of the contender named metric, if it ran.
-func median(all []*contender, metric string) (float64, bool) {
-	for _, c := range all {
-		if c.metric == metric && c.failed == "" && len(c.times) > 0 {
-			med, _ := stats(c.times)
-			return med, true
-		}
-	}
-	return 0, false
 }
 
 // specTool names the runtime whose `spec` made the bundle's config.
