@@ -164,6 +164,10 @@ func TestUpContainerTree(t *testing.T) {
 	if out := cliOK("status", path); !strings.HasPrefix(out, path+": running (pid ") || !strings.Contains(out, "/bin/sleep 1000") {
 		t.Errorf("nest status %s = %q", path, out)
 	}
+	// A daemon container's service writes to the container's log.
+	if out, errOut, code := nestCLI(ctx, "--socket", f.sock, "logs", path); code != 1 || !strings.Contains(errOut, "writes to its container's own log") {
+		t.Errorf("nest logs %s = %d %q %q, want a pointer to the container's log", path, code, out, errOut)
+	}
 	if out := cliOK("stop", path); out != path+": stopped\n" {
 		t.Errorf("nest stop %s = %q", path, out)
 	}

@@ -73,6 +73,11 @@ func (s *Supervisor) LogChunk(ctx context.Context, path string, cursor uint64, w
 	if err != nil {
 		return LogChunk{}, err
 	}
+	if run == nil && u.spec.InheritOutput {
+		// A daemon container's service writes where its init does: to
+		// the container's log, kept by the init above.
+		return LogChunk{}, &pathError{errNoLog, fmt.Sprintf("%s writes to its container's own log: nest logs of the container shows it", u.spec.Name)}
+	}
 	if run == nil {
 		l := u.Log()
 		var wake <-chan struct{}

@@ -87,11 +87,12 @@ var (
 	errNoUnit     = errors.New("no such unit")
 	errBadPath    = errors.New("bad unit path")
 	errNotRunning = errors.New("not running")
+	errNoLog      = errors.New("no log of its own")
 )
 
 // pathError is a failed action on a unit path.
 type pathError struct {
-	Kind error // errNoUnit, errBadPath, errNotRunning or nil (the child failed)
+	Kind error // errNoUnit, errBadPath, errNotRunning, errNoLog or nil (the child failed)
 	Msg  string
 }
 
