@@ -74,10 +74,7 @@ func BenchmarkEscalateTrue(b *testing.B) {
 	if err != nil {
 		b.Fatalf("build nest: %v", err)
 	}
-	goExit := filepath.Join(dir, "goexit")
-	if err := vmtest.BuildBinary(ctx, "./bench/testdata/goexit", goExit); err != nil {
-		b.Fatalf("build goexit: %v", err)
-	}
+	goExit := buildGoExit(ctx, b, dir)
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		b.Fatal(err)

@@ -76,10 +76,7 @@ func BenchmarkRunTrue(b *testing.B) {
 	if err != nil {
 		b.Fatalf("build nest: %v", err)
 	}
-	goExit := filepath.Join(dir, "goexit")
-	if err := vmtest.BuildBinary(ctx, "./bench/testdata/goexit", goExit); err != nil {
-		b.Fatalf("build goexit: %v", err)
-	}
+	goExit := buildGoExit(ctx, b, dir)
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := makeBusyboxRoot(rootfs); err != nil {
 		b.Fatal(err)
@@ -179,6 +176,17 @@ func BenchmarkRunTrue(b *testing.B) {
 		}
 	}
 	report(b, n, all)
+}
+
+// buildGoExit builds bench/testdata/goexit, a static Go program that only
+// exits, into dir: the cost of one Go start, set beside nest's.
+func buildGoExit(ctx context.Context, b *testing.B, dir string) string {
+	b.Helper()
+	out := filepath.Join(dir, "goexit")
+	if err := vmtest.BuildBinary(ctx, "./bench/testdata/goexit", out); err != nil {
+		b.Fatalf("build goexit: %v", err)
+	}
+	return out
 }
 
 // benchRuns is how many times each command runs: NEST_BENCH_N, 200 by
